@@ -1,0 +1,109 @@
+"""Filesystem access through pyarrow.fs, so local paths and s3:// share one code path.
+
+Every write is atomic: data goes to a temporary name and is renamed into place.
+"""
+from __future__ import annotations
+
+import io
+import os
+import uuid
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """Filesystem and path for a local path or a URI."""
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), os.path.abspath(uri)
+    return pafs.FileSystem.from_uri(uri)
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def exists(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_dir(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def makedirs(uri: str) -> None:
+    fs, path = resolve(uri)
+    fs.create_dir(path, recursive=True)
+
+
+def list_files(uri: str, recursive: bool = False) -> list[pafs.FileInfo]:
+    """Files under a directory, sorted by path; [] if it does not exist."""
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=recursive))
+    return sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = resolve(uri)
+    with fs.open_input_file(path) as f:
+        return f.read()
+
+
+def read_range(uri: str, offset: int, size: int) -> bytes:
+    fs, path = resolve(uri)
+    with fs.open_input_file(path) as f:
+        return f.read_at(size, offset)
+
+
+def _tmp_name(path: str) -> str:
+    head, _, tail = path.rpartition("/")
+    return f"{head}/.{tail}.tmp-{uuid.uuid4().hex[:8]}"
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    fs, path = resolve(uri)
+    fs.create_dir(path.rpartition("/")[0], recursive=True)
+    tmp = _tmp_name(path)
+    with fs.open_output_stream(tmp) as f:
+        f.write(data)
+    fs.move(tmp, path)
+
+
+def write_parquet(uri: str, table: pa.Table) -> None:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    write_bytes(uri, buf.getvalue())
+
+
+def delete(uri: str) -> None:
+    """Delete a file or a directory tree; missing is fine."""
+    fs, path = resolve(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif info.type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
+def replace_dir(src: str, dst: str) -> None:
+    """Move directory src to dst, replacing what dst held."""
+    fs, spath = resolve(src)
+    _, dpath = resolve(dst)
+    delete(dst)
+    fs.create_dir(dpath.rpartition("/")[0], recursive=True)
+    fs.move(spath, dpath)
+
+
+def read_parquet_dir(uri: str, columns: list[str] | None = None) -> pa.Table | None:
+    """All parquet parts of a directory as one table (None when there are none)."""
+    files = [i.path for i in list_files(uri) if i.path.endswith(".parquet")]
+    if not files:
+        return None
+    fs, _ = resolve(uri)
+    tables = [pq.read_table(f, filesystem=fs, columns=columns) for f in files]
+    return pa.concat_tables(tables, promote_options="permissive")

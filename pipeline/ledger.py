@@ -1,0 +1,160 @@
+"""The ledger: identity, rejects in the stream, and the audit that proves the balance.
+
+A rejected row is never written aside by a worker (Ray retries tasks, so side
+writes double-count). It stays in the stream with a `reject` struct and the
+runner splits kept from rejected rows at the segment boundary.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from typing import Any, Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from schemas import REJECT, REJECT_COLUMNS
+
+from . import fs
+
+
+def sample_id(source_uri: str, locator: str | int) -> str:
+    """Short, dot-free, stable id of one input row: hash of its file and locator."""
+    return hashlib.sha1(f"{source_uri}\0{locator}".encode()).hexdigest()[:20]
+
+
+def reject(reason: str, detail: str = "", duplicate_of: str | None = None,
+           cluster_id: str | None = None) -> dict[str, Any]:
+    """One reject record; `stage` is filled in by the runner."""
+    return {"stage": None, "reason": reason, "detail": detail[:2000],
+            "duplicate_of": duplicate_of, "cluster_id": cluster_id}
+
+
+def with_rejects(table: pa.Table, rejects: list[dict | None]) -> pa.Table:
+    """Attach a `reject` column (None = kept) to a table, row for row."""
+    assert len(rejects) == table.num_rows, "one reject entry (or None) per row"
+    return set_column(table, "reject", pa.array(rejects, type=REJECT))
+
+
+def set_column(table: pa.Table, name: str, values: pa.Array | list) -> pa.Table:
+    i = table.schema.get_field_index(name)
+    if i >= 0:
+        return table.set_column(i, name, values)
+    return table.append_column(name, values)
+
+
+def ensure_reject_column(table: pa.Table) -> pa.Table:
+    if "reject" in table.column_names:
+        return table
+    return table.append_column("reject", pa.nulls(table.num_rows, type=REJECT))
+
+
+def stamp_stage(table: pa.Table, stage_name: str) -> pa.Table:
+    """Fill reject.stage for the rows this stage just rejected."""
+    col = table.column("reject")
+    if col.null_count == table.num_rows:
+        return table
+    rows = col.to_pylist()
+    for r in rows:
+        if r is not None and not r.get("stage"):
+            r["stage"] = stage_name
+    return set_column(table, "reject", pa.array(rows, type=REJECT))
+
+
+def split_live(table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(rows still alive, rows already rejected upstream)."""
+    table = ensure_reject_column(table)
+    rejected = pc.is_valid(table.column("reject"))
+    return table.filter(pc.invert(rejected)), table.filter(rejected)
+
+
+def flatten_rejects(table: pa.Table, thumbnails: dict[str, Callable[[bytes], bytes | None]]) -> pa.Table:
+    """The flat rejects table: input columns at top level plus reject_* columns.
+
+    Bulky binary columns are replaced by `<column>_thumbnail` where a thumbnail
+    function is known, and dropped otherwise.
+    """
+    rej = table.column("reject").combine_chunks()
+    out = table.drop_columns(["reject"])
+    for name in list(out.column_names):
+        if pa.types.is_large_binary(out.schema.field(name).type):
+            if name in thumbnails:
+                thumbs = [thumbnails[name](b) if b is not None else None for b in out.column(name).to_pylist()]
+                out = out.append_column(f"{name}_thumbnail", pa.array(thumbs, type=pa.binary()))
+            out = out.drop_columns([name])
+    for field, key in zip(REJECT_COLUMNS, ["stage", "reason", "detail", "duplicate_of", "cluster_id"]):
+        out = set_column(out, field.name, pc.struct_field(rej, key).cast(field.type))
+    return out
+
+
+def reason_counts(rejects: pa.Table) -> Counter:
+    """(stage, reason) -> count, from a flat rejects table."""
+    if rejects is None or rejects.num_rows == 0:
+        return Counter()
+    pairs = zip(rejects.column("reject_stage").to_pylist(), rejects.column("reject_reason").to_pylist())
+    return Counter(f"{s}\t{r}" for s, r in pairs)
+
+
+def audit(run_dir: str) -> dict[str, Any]:
+    """Every input sample_id exactly once, in the published output or in the rejects.
+
+    Returns a summary with `ok`; inputs are the listing (kept and rejected),
+    outputs the shard indexes (or the last segment when there are no shards)
+    plus every rejects table.
+    """
+    from .rundir import RunDir
+
+    rd = RunDir(run_dir)
+    listing = rd.segment_dirs()[0] if rd.segment_dirs() else None
+    if listing is None:
+        raise FileNotFoundError(f"{run_dir}: no stages/ directory: is this a run directory?")
+    ids = []
+    for part in (fs.read_parquet_dir(listing, ["sample_id"]),
+                 fs.read_parquet_dir(rd.rejects_dir(listing.rsplit("/", 1)[1]), ["sample_id"])):
+        if part is not None:
+            ids.append(part.column("sample_id"))
+    inputs = pa.chunked_array([c for a in ids for c in a.chunks], type=pa.string())
+
+    shards = fs.read_parquet_dir(rd.shards, ["__key__"]) if fs.exists(rd.shards) else None
+    if shards is not None:
+        kept_ids = shards.column("__key__")
+        kept_from = "shards"
+    else:
+        last = fs.read_parquet_dir(rd.segment_dirs()[-1], ["sample_id"])
+        kept_ids = last.column("sample_id") if last is not None else pa.chunked_array([], pa.string())
+        kept_from = rd.segment_dirs()[-1].rsplit("/", 1)[1]
+
+    reject_tables = [t for t in (fs.read_parquet_dir(d, ["sample_id", "reject_stage", "reject_reason"])
+                                 for d in rd.reject_dirs()) if t is not None]
+    rejects = pa.concat_tables(reject_tables) if reject_tables else None
+    by_reason: dict[str, dict[str, int]] = {}
+    for key, n in sorted(reason_counts(rejects).items()):
+        stage, reason = key.split("\t")
+        by_reason.setdefault(stage, {})[reason] = n
+
+    out_ids = pa.chunked_array(
+        list(kept_ids.chunks) + (list(rejects.column("sample_id").chunks) if rejects is not None else []),
+        type=pa.string())
+    counts = pc.value_counts(out_ids)
+    values, ns = counts.field("values"), counts.field("counts")
+    twice = values.filter(pc.greater(ns, 1))
+    input_set = pc.unique(inputs)
+    missing = pc.filter(input_set, pc.invert(pc.is_in(input_set, value_set=values)))
+    unknown = pc.filter(values, pc.invert(pc.is_in(values, value_set=input_set)))
+    dup_inputs = len(inputs) - len(input_set)
+    ok = len(missing) == 0 and len(twice) == 0 and len(unknown) == 0 and dup_inputs == 0
+    return {
+        "run_dir": run_dir,
+        "ok": ok,
+        "inputs": len(inputs),
+        "kept": len(kept_ids),
+        "kept_in": kept_from,
+        "rejected": 0 if rejects is None else rejects.num_rows,
+        "rejected_by_stage": by_reason,
+        "missing": len(missing),
+        "missing_examples": missing.to_pylist()[:10],
+        "duplicated": len(twice),
+        "duplicated_examples": twice.to_pylist()[:10],
+        "unknown": len(unknown),
+        "duplicate_input_ids": dup_inputs,
+    }

@@ -1,0 +1,410 @@
+"""Runs a job on Ray Data, segment by segment, with resume and the ledger's guarantees.
+
+A job is cut into segments: the input listing (made on the driver, before any
+I/O), runs of consecutive row-wise stages (streamed through Ray Data in one
+pass), and each global or sink stage alone. A segment is committed atomically
+with a fingerprint of its stages, the code and everything upstream; a rerun
+skips every segment whose fingerprint is unchanged.
+"""
+from __future__ import annotations
+
+import atexit
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import yaml
+
+from . import __version__, fs, ledger
+from .job import Job
+from .rundir import RunDir
+from .stage import Stage
+
+LISTING_ROWS_PER_PART = 128  # small parts = enough blocks to keep every worker busy
+
+
+# -- Ray -------------------------------------------------------------------
+def connect_ray(address: str | None = None, num_cpus: int | None = None, object_store_mb: int = 2048) -> None:
+    """Join a cluster (address or RAY_ADDRESS) or start an embedded Ray that we own."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    # Short path: Ray's socket names must fit in 107 bytes.
+    tmp = tempfile.mkdtemp(prefix="mmcurate-ray-", dir="/tmp")
+    ray.init(num_cpus=num_cpus, _temp_dir=tmp, object_store_memory=object_store_mb << 20,
+             include_dashboard=False, configure_logging=True, logging_level="WARNING")
+
+    def _stop() -> None:
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    atexit.register(_stop)
+
+
+# -- segments --------------------------------------------------------------
+@dataclass
+class Segment:
+    index: int
+    kind: str  # "listing" | "row" | "global" | "sink"
+    stages: list[Stage]
+
+    @property
+    def name(self) -> str:
+        label = "listing" if self.kind == "listing" else "+".join(s.name for s in self.stages)
+        return f"{self.index:02d}-{label}"
+
+
+def plan(stages: list[Stage]) -> list[Segment]:
+    """Listing, then consecutive row stages grouped; global and sink stages alone."""
+    segments = [Segment(0, "listing", [stages[0]])]
+    for stage in stages:
+        last = segments[-1]
+        if stage.kind == "row" and last.kind == "row":
+            last.stages.append(stage)
+        else:
+            segments.append(Segment(len(segments), stage.kind, [stage]))
+    return segments
+
+
+def _hash(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def batch_key(table: pa.Table) -> str:
+    """Order-independent name of a batch: a hash of its sorted sample ids."""
+    ids = pc.sort_indices(table, [("sample_id", "ascending")])
+    ordered = pc.take(table.column("sample_id"), ids)
+    return hashlib.sha1("\n".join(ordered.to_pylist()).encode()).hexdigest()[:16]
+
+
+def media_bytes(table: pa.Table) -> int:
+    total = 0
+    for f in table.schema:
+        if pa.types.is_large_binary(f.type) or pa.types.is_binary(f.type):
+            total += pc.sum(pc.binary_length(table.column(f.name))).as_py() or 0
+    return total
+
+
+# -- one stage on one batch, with the ledger's guarantees --------------------
+_WORKER_STAGES: dict[str, Stage] = {}  # stages set up in this worker process
+
+
+class StageCall:
+    """Applies one row-wise stage to a batch.
+
+    Rows rejected upstream pass through untouched. If the stage raises, the
+    batch is re-run row by row so that only the failing rows are rejected
+    (`error:<ExceptionType>`). If a batch kills its worker, Ray retries the
+    task; a marker left in the crash journal by the dead attempt makes the
+    retry go row by row, and a row whose own marker survives a crash is
+    rejected as `error:WorkerDied` instead of being run a third time.
+    Used as an instance (Ray tasks) or as a class (actor pools).
+    """
+
+    def __init__(self, stage: Stage, journal: str):
+        self.stage, self.journal = stage, journal
+        self.key = stage.fingerprint()
+
+    def _ready_stage(self) -> Stage:
+        stage = _WORKER_STAGES.get(self.key)
+        if stage is None:
+            self.stage.ensure_setup()
+            stage = _WORKER_STAGES[self.key] = self.stage
+        return stage
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        live, dead = ledger.split_live(batch)
+        if live.num_rows == 0:
+            return batch
+        out = self._guarded(self._ready_stage(), live)
+        return pa.concat_tables([out, dead], promote_options="permissive") if dead.num_rows else out
+
+    def _guarded(self, stage: Stage, live: pa.Table) -> pa.Table:
+        marker = fs.join(self.journal, f"{stage.name}-{batch_key(live)}")
+        if fs.exists(marker):
+            out = self._row_by_row(stage, live, marker)
+        else:
+            fs.write_bytes(marker, b"")
+            try:
+                out = self._run(stage, live)
+            except Exception:  # noqa: BLE001 - isolate the failing rows below
+                out = self._row_by_row(stage, live, marker)
+        fs.delete(marker)
+        return out
+
+    @staticmethod
+    def _run(stage: Stage, table: pa.Table) -> pa.Table:
+        out = stage.process(table)
+        if out.num_rows != table.num_rows:
+            raise RuntimeError(f"stage {stage.name} returned {out.num_rows} rows for {table.num_rows}: "
+                               "a row-wise stage must reject rows, not drop them")
+        return ledger.stamp_stage(ledger.ensure_reject_column(out), stage.name)
+
+    def _row_by_row(self, stage: Stage, live: pa.Table, marker: str) -> pa.Table:
+        outs = []
+        for i in range(live.num_rows):
+            row = live.slice(i, 1)
+            row_marker = f"{marker}-{row.column('sample_id')[0].as_py()}"
+            if fs.exists(row_marker):
+                why = ledger.reject("error:WorkerDied", f"{stage.name}: the worker process died while "
+                                    "processing this row (exit, crash or out of memory)")
+                outs.append(ledger.stamp_stage(ledger.with_rejects(row, [why]), stage.name))
+                continue
+            fs.write_bytes(row_marker, b"")
+            try:
+                outs.append(self._run(stage, row))
+            except Exception as e:  # noqa: BLE001 - every exception becomes a reject
+                where = traceback.extract_tb(e.__traceback__)[-1]
+                detail = f"{stage.name}: {type(e).__name__}: {e} (at {os.path.basename(where.filename)}:{where.lineno})"
+                why = ledger.reject(f"error:{type(e).__name__}", detail)
+                outs.append(ledger.stamp_stage(ledger.with_rejects(row, [why]), stage.name))
+            fs.delete(row_marker)
+        return pa.concat_tables(outs, promote_options="permissive")
+
+
+class SegmentWriter:
+    """Last step of a segment: writes a block's kept rows and its rejects, returns counts.
+
+    File names come from the block's sample ids, so a retried task rewrites
+    the same files instead of adding new ones.
+    """
+
+    def __init__(self, kept_dir: str, rejects_dir: str, thumbnails: dict):
+        self.kept_dir, self.rejects_dir, self.thumbnails = kept_dir, rejects_dir, thumbnails
+
+    def __call__(self, block: pa.Table) -> pa.Table:
+        counts: Counter = Counter()
+        kept_n = kept_bytes = 0
+        if block.num_rows:
+            live, dead = ledger.split_live(block)
+            name = f"part-{batch_key(block)}.parquet"
+            if live.num_rows:
+                live = live.drop_columns(["reject"])
+                fs.write_parquet(fs.join(self.kept_dir, name), live)
+                kept_n, kept_bytes = live.num_rows, media_bytes(live)
+            if dead.num_rows:
+                flat = ledger.flatten_rejects(dead, self.thumbnails)
+                fs.write_parquet(fs.join(self.rejects_dir, name), flat)
+                counts = ledger.reason_counts(flat)
+        return pa.table({"kept": [kept_n], "kept_bytes": [kept_bytes], "rejects": [json.dumps(counts)]})
+
+
+# -- the runner ---------------------------------------------------------------
+@dataclass
+class RunContext:
+    """What a global or sink stage gets besides its dataset."""
+
+    run: RunDir
+    segment: str
+    upstream_kept: int
+    upstream_bytes: int
+    tmp_dir: str
+    extra: dict = field(default_factory=dict)
+
+
+class Runner:
+    def __init__(self, job: Job, output: str, ray_address: str | None = None, limit: int | None = None,
+                 log=print):
+        self.job, self.limit, self.log = job, limit, log
+        self.run_dir = RunDir(output)
+        self.ray_address = ray_address or job.ray.address
+        self.segments = plan(job.stages)
+        self.thumbnails = {col: fn for s in job.stages for col, fn in s.thumbnails.items()}
+
+    def run(self) -> dict[str, Any]:
+        t0 = time.time()
+        rd = self.run_dir
+        fs.makedirs(rd.root)
+        rd.remove_stale([s.name for s in self.segments])
+        fs.write_bytes(fs.join(rd.root, "job.yaml"),
+                       yaml.safe_dump({**self.job.to_dict(), "output": rd.root, "limit": self.limit},
+                                      sort_keys=False).encode())
+        results = []
+        upstream: dict[str, Any] = {}
+        for seg in self.segments:
+            if seg.kind == "listing":
+                info = self._run_listing(seg)
+            else:
+                fingerprint = _hash(__version__, upstream["fingerprint"], [s.fingerprint() for s in seg.stages])
+                marker = rd.marker(seg.name)
+                if marker and marker.get("fingerprint") == fingerprint:
+                    self.log(f"[mmcurate] {seg.name}: unchanged, skipped (fingerprint {fingerprint})")
+                    info = {**marker, "skipped": True}
+                else:
+                    if upstream["kept"]:
+                        connect_ray(self.ray_address, self.job.ray.num_cpus, self.job.ray.object_store_mb)
+                    info = self._run_segment(seg, fingerprint, upstream)
+            results.append(info)
+            upstream = {**info, "dir": rd.segment_dir(seg.name)}
+        fs.delete(rd.journal)
+        summary = self._summary(results, time.time() - t0)
+        fs.write_bytes(fs.join(rd.root, "summary.json"), json.dumps(summary, indent=1).encode())
+        self.log(format_summary(summary))
+        return summary
+
+    # -- listing: on the driver, before any I/O -----------------------------
+    def _run_listing(self, seg: Segment) -> dict[str, Any]:
+        from tqdm import tqdm
+
+        rd, stage = self.run_dir, seg.stages[0]
+        tmp_k, tmp_r = rd.tmp_dir("kept", seg.name), rd.tmp_dir("rejects", seg.name)
+        digest = hashlib.sha256()
+        kept = rejected = 0
+        counts: Counter = Counter()
+        t0 = time.time()
+        bar = tqdm(desc=f"{seg.name}", unit=" inputs", file=sys.stderr, disable=None)
+        pending: list[pa.Table] = []
+
+        def flush(part: int, tables: list[pa.Table]) -> None:
+            nonlocal kept, rejected
+            table = ledger.stamp_stage(ledger.ensure_reject_column(
+                pa.concat_tables(tables, promote_options="permissive")), stage.name)
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, table.schema) as w:
+                w.write_table(table)
+            digest.update(sink.getvalue().to_pybytes())
+            live, dead = ledger.split_live(table)
+            if live.num_rows:
+                fs.write_parquet(fs.join(tmp_k, f"part-{part:06d}.parquet"), live.drop_columns(["reject"]))
+            if dead.num_rows:
+                flat = ledger.flatten_rejects(dead, self.thumbnails)
+                fs.write_parquet(fs.join(tmp_r, f"part-{part:06d}.parquet"), flat)
+                counts.update(ledger.reason_counts(flat))
+            kept += live.num_rows
+            rejected += dead.num_rows
+
+        part = 0
+        n_pending = 0
+        for batch in stage.list_inputs(limit=self.limit):
+            pending.append(batch)
+            n_pending += batch.num_rows
+            bar.update(batch.num_rows)
+            while n_pending >= LISTING_ROWS_PER_PART:
+                table = pa.concat_tables(pending, promote_options="permissive")
+                flush(part, [table.slice(0, LISTING_ROWS_PER_PART)])
+                rest = table.slice(LISTING_ROWS_PER_PART)
+                pending, n_pending, part = [rest], rest.num_rows, part + 1
+        if n_pending:
+            flush(part, pending)
+        bar.close()
+        fs.makedirs(tmp_k)
+        fs.makedirs(tmp_r)
+        fingerprint = _hash(__version__, stage.fingerprint(), digest.hexdigest())
+        marker = rd.marker(seg.name)
+        if marker and marker.get("fingerprint") == fingerprint:
+            fs.delete(tmp_k)
+            fs.delete(tmp_r)
+            self.log(f"[mmcurate] {seg.name}: inputs unchanged ({kept + rejected}), kept as committed")
+            return {**marker, "skipped": True}
+        info = {"segment": seg.name, "fingerprint": fingerprint, "inputs": kept + rejected, "kept": kept,
+                "kept_bytes": 0, "rejected": rejected, "rejects": dict(counts), "seconds": time.time() - t0}
+        rd.commit(seg.name, tmp_k, tmp_r, info)
+        self.log(f"[mmcurate] {seg.name}: {kept + rejected} inputs listed ({rejected} unreadable)")
+        return info
+
+    # -- row, global and sink segments on Ray ---------------------------------
+    def _run_segment(self, seg: Segment, fingerprint: str, upstream: dict[str, Any]) -> dict[str, Any]:
+        rd = self.run_dir
+        t0 = time.time()
+        tmp_k, tmp_r = rd.tmp_dir("kept", seg.name), rd.tmp_dir("rejects", seg.name)
+        fs.makedirs(tmp_k)
+        fs.makedirs(tmp_r)
+        self.log(f"[mmcurate] {seg.name}: running on {upstream['kept']} rows")
+        ds = self._read(upstream) if upstream["kept"] else None
+        ctx = RunContext(rd, seg.name, upstream["kept"], upstream.get("kept_bytes", 0), tmp_k)
+        kept, kept_bytes, counts, extra = 0, 0, Counter(), {}
+        if seg.kind == "sink":
+            extra = seg.stages[0].write(ds, ctx) or {}
+            kept = extra.get("samples", upstream["kept"])
+            kept_bytes = upstream.get("kept_bytes", 0)
+            if kept != upstream["kept"]:
+                raise RuntimeError(f"{seg.name}: wrote {kept} samples of {upstream['kept']}")
+        elif ds is not None:
+            if seg.kind == "global":
+                ds = seg.stages[0].run_global(ds, ctx)
+            else:
+                journal = fs.join(rd.journal, seg.name)
+                for stage in seg.stages:
+                    ds = self._map_stage(ds, stage, journal)
+            writer = SegmentWriter(tmp_k, tmp_r, self.thumbnails)
+            for row in ds.map_batches(writer, batch_size=None, batch_format="pyarrow").iter_rows():
+                kept += row["kept"]
+                kept_bytes += row["kept_bytes"]
+                counts.update(json.loads(row["rejects"]))
+        rejected = sum(counts.values())
+        if seg.kind != "sink" and kept + rejected != upstream["kept"]:
+            raise RuntimeError(f"{seg.name}: ledger out of balance: {upstream['kept']} rows in, "
+                               f"{kept} kept + {rejected} rejected out")
+        info = {"segment": seg.name, "fingerprint": fingerprint, "inputs": upstream["kept"], "kept": kept,
+                "kept_bytes": kept_bytes, "rejected": rejected, "rejects": dict(counts),
+                "seconds": time.time() - t0, **extra}
+        rd.commit(seg.name, tmp_k, tmp_r, info)
+        self.log(f"[mmcurate] {seg.name}: committed: {kept} kept, {rejected} rejected "
+                 f"in {info['seconds']:.1f}s")
+        return info
+
+    def _read(self, upstream: dict[str, Any]):
+        import ray
+
+        parts = [i.path for i in fs.list_files(upstream["dir"]) if i.path.endswith(".parquet")]
+        # One block per part at least, so that small inputs still spread over the workers.
+        return ray.data.read_parquet(upstream["dir"], file_extensions=["parquet"],
+                                     override_num_blocks=max(len(parts), 1))
+
+    @staticmethod
+    def _map_stage(ds, stage: Stage, journal: str):
+        res = stage.resources
+        opts: dict[str, Any] = {"batch_size": res.batch_size, "batch_format": "pyarrow",
+                                "num_cpus": res.num_cpus}
+        if res.num_gpus:
+            opts["num_gpus"] = res.num_gpus
+        if stage.stateful:
+            return ds.map_batches(StageCall, fn_constructor_args=(stage, journal),
+                                  concurrency=res.concurrency or 1, **opts)
+        return ds.map_batches(StageCall(stage, journal), **opts)
+
+    # -- the summary -----------------------------------------------------------
+    def _summary(self, results: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+        inputs = results[0]["inputs"]
+        rows = []
+        for seg, info in zip(self.segments, results):
+            by_reason: dict[str, dict[str, int]] = {}
+            for key, n in info.get("rejects", {}).items():
+                stage, reason = key.split("\t")
+                by_reason.setdefault(stage, {})[reason] = n
+            rows.append({"segment": seg.name, "in": info["inputs"], "kept": info["kept"],
+                         "rejected": by_reason, "seconds": round(info.get("seconds", 0.0), 2),
+                         "skipped": bool(info.get("skipped"))})
+        final = results[-1]
+        return {"job": self.job.name, "output": self.run_dir.root, "inputs": inputs, "kept": final["kept"],
+                "rejected": sum(r["rejected"] for r in results), "seconds": round(seconds, 2),
+                "samples_per_second": round(inputs / seconds, 1) if seconds else None,
+                "segments": rows, **{k: v for k, v in final.items() if k in ("shards", "shard_dir")}}
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = [f"\n== mmcurate run '{summary['job']}' -> {summary['output']}",
+             f"{'segment':<36} {'in':>9} {'kept':>9} {'rejected (stage: reason=count)'}"]
+    for row in summary["segments"]:
+        rej = "; ".join(f"{stage}: " + ", ".join(f"{r}={n}" for r, n in sorted(reasons.items()))
+                        for stage, reasons in sorted(row["rejected"].items())) or "-"
+        flag = " (skipped, unchanged)" if row["skipped"] else f" ({row['seconds']}s)"
+        lines.append(f"{row['segment'] + flag:<36} {row['in']:>9} {row['kept']:>9} {rej}")
+    lines.append(f"inputs {summary['inputs']}, kept {summary['kept']}, rejected {summary['rejected']}; "
+                 f"{summary['seconds']}s, {summary['samples_per_second']} samples/s")
+    return "\n".join(lines)

@@ -1,0 +1,133 @@
+"""Decode, orient, convert, resize and re-encode one image with PIL.
+
+Every way an image can be bad maps to its own reason code (ImageRejected).
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+ORIENTATION_TAG = 0x0112  # EXIF orientation; 5..8 swap width and height
+
+
+class ImageRejected(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+@dataclass
+class Encoded:
+    data: bytes
+    format: str  # "jpg" | "webp"
+    width: int
+    height: int
+    original_width: int  # as displayed, after EXIF orientation
+    original_height: int
+    original_format: str
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """RGB for every mode PIL can give: alpha composited on white, 16-bit scaled down."""
+    if im.mode == "RGB":
+        return im
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def _target(w: int, h: int, policy: str, size: int) -> tuple[int, int]:
+    """Size to resize to before any crop or pad."""
+    if policy == "fit":  # shrink only, keep the aspect ratio
+        s = min(1.0, size / max(w, h))
+    elif policy == "center_crop":  # shorter side to `size`, then crop
+        s = size / min(w, h)
+    elif policy == "pad":  # longer side to `size`, then pad
+        s = size / max(w, h)
+    else:
+        s = 1.0
+    return max(1, round(w * s)), max(1, round(h * s))
+
+
+def decode_resize_encode(data: bytes, *, policy: str = "fit", size: int = 512, fmt: str = "jpg",
+                         quality: int = 90, max_pixels: int = 89_478_485) -> Encoded:
+    if not data:
+        raise ImageRejected("empty_file", "the file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageRejected("decompression_bomb", str(e)) from None
+    except UnidentifiedImageError:
+        head = data[:64].lstrip().lower()
+        kind = "an HTML/XML document" if head.startswith((b"<!doctype", b"<html", b"<?xml", b"<")) else \
+            f"unrecognised bytes {data[:8].hex()}"
+        raise ImageRejected("not_an_image", f"not an image: {kind}") from None
+    except Exception as e:  # noqa: BLE001 - PIL raises many types on bad headers
+        raise ImageRejected("corrupt", f"bad image header: {type(e).__name__}: {e}") from None
+
+    ow, oh = im.size
+    if ow * oh > max_pixels:
+        raise ImageRejected("decompression_bomb", f"{ow}x{oh} = {ow * oh} pixels > max_pixels={max_pixels}")
+    original_format = (im.format or "").lower()
+    orientation = im.getexif().get(ORIENTATION_TAG, 1)
+    if orientation in (5, 6, 7, 8):
+        ow, oh = oh, ow
+    tw, th = _target(ow, oh, policy, size)
+    if original_format in ("jpeg", "mpo") and tw < ow:
+        # Draft mode: libjpeg decodes at 1/2..1/8 scale, never below the target size.
+        dw, dh = (tw, th) if orientation not in (5, 6, 7, 8) else (th, tw)
+        im.draft(None, (dw, dh))
+    try:
+        im.load()
+    except OSError as e:
+        reason = "truncated" if "truncated" in str(e) else "corrupt"
+        raise ImageRejected(reason, f"{original_format or 'image'} does not decode: {e}") from None
+    except Exception as e:  # noqa: BLE001 - decoders raise SyntaxError, ValueError, ...
+        raise ImageRejected("corrupt", f"{original_format or 'image'} does not decode: {type(e).__name__}: {e}") from None
+
+    im = _to_rgb(ImageOps.exif_transpose(im))
+    if im.size != (tw, th):
+        im = im.resize((tw, th), Image.Resampling.BICUBIC)
+    if policy == "center_crop":
+        left, top = (tw - size) // 2, (th - size) // 2
+        im = im.crop((left, top, left + size, top + size))
+    elif policy == "pad" and im.size != (size, size):
+        canvas = Image.new("RGB", (size, size), (0, 0, 0))
+        canvas.paste(im, ((size - tw) // 2, (size - th) // 2))
+        im = canvas
+
+    out = io.BytesIO()
+    if fmt == "webp":
+        im.save(out, format="WEBP", quality=quality)
+    else:
+        im.save(out, format="JPEG", quality=quality)
+    return Encoded(out.getvalue(), fmt, im.width, im.height, ow, oh, original_format)
+
+
+def thumbnail(data: bytes, side: int = 96) -> bytes | None:
+    """A small JPEG for the rejects table; None when the bytes do not decode."""
+    try:
+        im = Image.open(io.BytesIO(data))
+        im.draft("RGB", (side, side))
+        im = _to_rgb(ImageOps.exif_transpose(im))
+        im.thumbnail((side, side))
+        out = io.BytesIO()
+        im.save(out, format="JPEG", quality=70)
+        return out.getvalue()
+    except Exception:  # noqa: BLE001 - a thumbnail is best effort by design
+        return None

@@ -1,0 +1,164 @@
+"""Stage `ingest_image_text`: image-text pairs from a manifest, a folder or WebDataset tars.
+
+Listing assigns each pair its identity before any I/O; process() reads the
+image, decodes it (EXIF orientation, RGB), resizes and re-encodes it, and
+normalises the caption. Every failure is a reject with its own reason code.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Iterator, Literal
+
+import pyarrow as pa
+from pydantic import Field
+
+from pipeline import fs, ledger
+from pipeline.stage import Params, Resources, Stage
+from schemas import IMAGE_TEXT
+
+from . import sources
+from .caption import CaptionRejected, normalize_caption
+from .image import ImageRejected, decode_resize_encode, thumbnail
+
+BATCH_ROWS = 1024
+# Listing columns that only locate the media; kept so that rejects show them.
+LOCATORS = pa.schema([
+    pa.field("path", pa.string()),
+    pa.field("_caption_raw", pa.binary()),
+    pa.field("_caption_path", pa.string()),
+    pa.field("_tar_offset", pa.int64()),
+    pa.field("_tar_size", pa.int64()),
+])
+RESERVED = set(IMAGE_TEXT.names) | set(LOCATORS.names) | {"reject"}
+
+
+class IngestImageTextParams(Params):
+    source: str = Field(..., description="manifest (.parquet/.jsonl/.csv), folder of images, or .tar shards (glob or {a..b})")
+    source_format: Literal["auto", "manifest", "directory", "webdataset"] = Field(
+        "auto", description="how to read `source`; auto = by extension or folder")
+    path_column: str = Field("path", description="manifest column with the image path (relative = to the manifest's folder)")
+    caption_column: str = Field("caption", description="manifest column with the caption")
+    resize: Literal["fit", "center_crop", "pad", "none"] = Field(
+        "fit", description="fit = shrink into image_size (keeps aspect); center_crop/pad = exactly image_size square")
+    image_size: int = Field(512, ge=16, le=16384, description="target side in pixels for `resize`")
+    encode_format: Literal["jpg", "webp"] = Field("jpg", description="re-encode format of the stored image")
+    quality: int = Field(90, ge=1, le=100, description="JPEG/WebP quality of the re-encode")
+    max_pixels: int = Field(89_478_485, ge=1, description="decompression-bomb cap on width*height (PIL's default)")
+    invalid_utf8: Literal["repair", "reject"] = Field(
+        "repair", description="captions with invalid UTF-8: repair with U+FFFD or reject")
+
+
+class IngestImageText(Stage):
+    name = "ingest_image_text"
+    Params = IngestImageTextParams
+    resources = Resources(num_cpus=1, batch_size=32)
+    thumbnails = {"image": thumbnail}
+
+    # -- listing (driver) -----------------------------------------------------
+    def _entries(self) -> Iterator[sources.Entry]:
+        p = self.params
+        fmt = sources.detect_format(p.source) if p.source_format == "auto" else p.source_format
+        if fmt == "manifest":
+            return sources.list_manifest(p.source, p.path_column, p.caption_column)
+        if fmt == "directory":
+            return sources.list_directory(p.source, "image")
+        return sources.list_tars(p.source, "image")
+
+    def list_inputs(self, limit: int | None = None) -> Iterator[pa.Table]:
+        rows: list[dict[str, Any]] = []
+        user_columns: list[str] | None = None
+        for ordinal, e in enumerate(self._entries()):
+            if limit is not None and ordinal >= limit:
+                break
+            if user_columns is None:  # the manifest's own columns stay top-level (as strings)
+                user_columns = [k for k in e.extra] if e.file_uri.endswith(
+                    (".parquet", ".jsonl", ".json", ".csv", ".tsv")) else []
+            rows.append(self._row(ordinal, e, user_columns))
+            if len(rows) == BATCH_ROWS:
+                yield self._table(rows, user_columns)
+                rows = []
+        if rows:
+            yield self._table(rows, user_columns or [])
+
+    @staticmethod
+    def _row(ordinal: int, e: sources.Entry, user_columns: list[str]) -> dict[str, Any]:
+        row = {
+            "sample_id": ledger.sample_id(e.file_uri, e.locator),
+            "ordinal": ordinal,
+            "modality": "image_text",
+            "source_uri": e.source_uri,
+            "meta": json.dumps(e.extra, default=str, ensure_ascii=False) if e.extra else "{}",
+            "path": e.path,
+            "_caption_raw": e.caption_raw,
+            "_caption_path": e.caption_path,
+            "_tar_offset": e.tar_offset,
+            "_tar_size": e.tar_size,
+            "reject": ledger.reject(*e.reject) if e.reject else None,
+        }
+        for k in user_columns:
+            v = e.extra.get(k)
+            row[_user_name(k)] = v if v is None or isinstance(v, str) else json.dumps(v, default=str)
+        return row
+
+    @staticmethod
+    def _table(rows: list[dict[str, Any]], user_columns: list[str]) -> pa.Table:
+        from schemas import IDENTITY, REJECT
+
+        schema = pa.schema([*IDENTITY, *LOCATORS, *(pa.field(_user_name(k), pa.string()) for k in user_columns),
+                            pa.field("reject", REJECT)])
+        return pa.Table.from_pylist(rows, schema=schema)
+
+    # -- loading (workers) -------------------------------------------------------
+    def process(self, batch: pa.Table) -> pa.Table:
+        out: dict[str, list] = {f.name: [] for f in IMAGE_TEXT if f.name not in batch.column_names
+                                or f.name in ("caption", "content_sha256")}
+        rejects = []
+        for row in batch.to_pylist():
+            try:
+                values = self._load(row)
+                rejects.append(None)
+            except (ImageRejected, CaptionRejected) as e:
+                values = {}
+                rejects.append(ledger.reject(e.reason, f"{row['source_uri']}: {e.detail}"))
+            for k in out:
+                out[k].append(values.get(k))
+        for k, vals in out.items():
+            batch = ledger.set_column(batch, k, pa.array(vals, type=IMAGE_TEXT.field(k).type))
+        return ledger.with_rejects(batch, rejects)
+
+    def _load(self, row: dict[str, Any]) -> dict[str, Any]:
+        p = self.params
+        caption_raw = row["_caption_raw"]
+        if caption_raw is None and row["_caption_path"]:
+            caption_raw = fs.read_bytes(row["_caption_path"])
+        caption = normalize_caption(caption_raw, p.invalid_utf8)
+        try:
+            if row["_tar_offset"] is not None:
+                data = fs.read_range(row["path"], row["_tar_offset"], row["_tar_size"])
+            else:
+                data = fs.read_bytes(row["path"])
+        except FileNotFoundError:
+            raise ImageRejected("missing_file", "file not found") from None
+        except (IsADirectoryError, PermissionError, OSError) as e:
+            raise ImageRejected("unreadable_file", f"cannot read: {e}") from None
+        img = decode_resize_encode(data, policy=p.resize, size=p.image_size, fmt=p.encode_format,
+                                   quality=p.quality, max_pixels=p.max_pixels)
+        return {
+            "caption": caption,
+            "content_sha256": hashlib.sha256(data).hexdigest(),
+            "image": img.data,
+            "image_format": img.format,
+            "width": img.width,
+            "height": img.height,
+            "image_bytes": len(img.data),
+            "original_width": img.original_width,
+            "original_height": img.original_height,
+            "original_bytes": len(data),
+            "original_format": img.original_format,
+        }
+
+
+def _user_name(column: str) -> str:
+    """Manifest columns keep their names unless they clash with ours."""
+    return f"src_{column}" if column in RESERVED else column

@@ -1,0 +1,171 @@
+"""Stage `shard_webdataset`: kept samples into WebDataset tars, an index and a manifest.
+
+Samples are ordered by a 64-bit hash of their sample_id, inside and across
+shards. The hash range is cut into S equal slices (S from the target samples
+and bytes per shard), one Ray task writes each slice, so the result is the
+same for the same input and parameters, however Ray lays out the blocks.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import tarfile
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field
+
+from pipeline import fs
+from pipeline.stage import Params, Resources, Stage
+from schemas import EMBEDDING_SUFFIX, SHARD_MEMBERS
+
+BUCKET = "_shard_bucket"
+ORDER = "_shard_order"
+
+
+class ShardWebDatasetParams(Params):
+    name: str = Field("shard", pattern=r"^[A-Za-z0-9_-]+$", description="shard file prefix: <name>-000000.tar")
+    samples_per_shard: int = Field(10_000, ge=1, description="target samples per shard (img2dataset's default)")
+    bytes_per_shard: int = Field(1_000_000_000, ge=1_000_000,
+                                 description="target media bytes per shard (100 MB - 1 GB is common)")
+
+
+def order_key(sample_ids: pa.Array) -> np.ndarray:
+    """The 64-bit hash that orders samples in and across shards."""
+    return np.array([int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "big")
+                     for s in sample_ids.to_pylist()], dtype=np.uint64)
+
+
+class _Bucketer:
+    def __init__(self, shards: int):
+        self.shards = shards
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        order = order_key(batch.column("sample_id"))
+        # Equal slices of the hash range: bucket = floor(order * S / 2^64).
+        bucket = ((order >> np.uint64(32)).astype(np.float64) * self.shards / 2.0 ** 32).astype(np.int64)
+        bucket = np.minimum(bucket, self.shards - 1)
+        return batch.append_column(ORDER, pa.array(order)).append_column(BUCKET, pa.array(bucket))
+
+
+class _HashingWriter(io.RawIOBase):
+    """A write-only stream that counts and hashes what passes through it."""
+
+    def __init__(self, out):
+        self.out, self.sha, self.size = out, hashlib.sha256(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        self.out.write(b)
+        self.sha.update(b)
+        self.size += len(b)
+        return len(b)
+
+
+def _member(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o444  # fixed metadata: same input, same bytes
+    tf.addfile(info, io.BytesIO(data))
+
+
+def _npy(value: Any) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(value), allow_pickle=False)
+    return buf.getvalue()
+
+
+class _ShardWriter:
+    """Writes one hash slice as <tmp>/bucket-NNNNNN.tar plus its parquet index."""
+
+    def __init__(self, tmp_dir: str):
+        self.tmp_dir = tmp_dir
+
+    def __call__(self, group: pa.Table) -> pa.Table:
+        group = group.take(pc.sort_indices(group, [(ORDER, "ascending")]))
+        bucket = group.column(BUCKET)[0].as_py()
+        group = group.drop_columns([ORDER, BUCKET])
+        base = fs.join(self.tmp_dir, f"bucket-{bucket:06d}")
+        names = group.column_names
+        media = [c for c in SHARD_MEMBERS if c in names]
+        embeddings = sorted(c for c in names if c.endswith(EMBEDDING_SUFFIX))
+        scalars = [c for c in names if c not in media and c not in embeddings and not c.startswith("_")
+                   and not pa.types.is_binary(group.schema.field(c).type)
+                   and not pa.types.is_large_binary(group.schema.field(c).type)]
+        filesystem, path = fs.resolve(base + ".tar")
+        counts: dict[str, int] = {}
+        with filesystem.open_output_stream(path) as raw:
+            sink = _HashingWriter(raw)
+            with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tf:
+                for row in group.to_pylist():
+                    key = row["sample_id"]
+                    for col in media:
+                        value = row[col]
+                        if value is None:
+                            continue
+                        ext_col, fixed = SHARD_MEMBERS[col]
+                        ext = fixed or row[ext_col]
+                        _member(tf, f"{key}.{ext}", value if isinstance(value, bytes) else str(value).encode())
+                        counts[ext] = counts.get(ext, 0) + 1
+                    record = {c: row[c] for c in scalars if c != "meta"}
+                    record["meta"] = json.loads(row["meta"]) if row.get("meta") else {}
+                    _member(tf, f"{key}.json", json.dumps(record, ensure_ascii=False, sort_keys=True).encode())
+                    for col in embeddings:
+                        if row[col] is not None:
+                            _member(tf, f"{key}.{col}.npy", _npy(row[col]))
+                            counts[f"{col}.npy"] = counts.get(f"{col}.npy", 0) + 1
+        index = group.select(scalars + embeddings)
+        index = index.add_column(0, "__key__", group.column("sample_id"))
+        fs.write_parquet(base + ".parquet", index)
+        return pa.table({"bucket": [bucket], "samples": [group.num_rows], "bytes": [sink.size],
+                         "sha256": [sink.sha.hexdigest()], "first_key": [group.column("sample_id")[0].as_py()],
+                         "members": [json.dumps(counts, sort_keys=True)]})
+
+
+class ShardWebDataset(Stage):
+    name = "shard_webdataset"
+    kind = "sink"
+    Params = ShardWebDatasetParams
+    resources = Resources(num_cpus=1, batch_size=256)
+
+    def shard_count(self, samples: int, media_bytes: int) -> int:
+        p = self.params
+        return max(1, math.ceil(samples / p.samples_per_shard), math.ceil(media_bytes / p.bytes_per_shard))
+
+    def write(self, ds, ctx) -> dict[str, Any]:
+        tmp = ctx.run.tmp_dir("shards", ctx.segment)
+        fs.makedirs(tmp)
+        buckets: list[dict[str, Any]] = []
+        if ds is not None and ctx.upstream_kept:
+            n = self.shard_count(ctx.upstream_kept, ctx.upstream_bytes)
+            ds = ds.map_batches(_Bucketer(n), batch_format="pyarrow", batch_size=self.resources.batch_size)
+            writer = _ShardWriter(tmp)
+
+            def write_shard(group: pa.Table) -> pa.Table:
+                return writer(group)
+
+            buckets = ds.groupby(BUCKET).map_groups(write_shard, batch_format="pyarrow").take_all()
+        shards = []
+        filesystem, _ = fs.resolve(tmp)
+        for i, b in enumerate(sorted(buckets, key=lambda b: b["bucket"])):
+            name = f"{self.params.name}-{i:06d}"
+            src = fs.resolve(fs.join(tmp, f"bucket-{b['bucket']:06d}"))[1]
+            dst = fs.resolve(fs.join(tmp, name))[1]
+            filesystem.move(src + ".tar", dst + ".tar")
+            filesystem.move(src + ".parquet", dst + ".parquet")
+            entry = {"name": f"{name}.tar", "samples": b["samples"], "bytes": b["bytes"], "sha256": b["sha256"]}
+            stats = {**entry, "first_key": b["first_key"], "members": json.loads(b["members"]),
+                     "index": f"{name}.parquet"}
+            fs.write_bytes(fs.join(tmp, f"{name}_stats.json"), json.dumps(stats, indent=1).encode())
+            shards.append(entry)
+        # The manifest is written last: a shard directory with a manifest is complete.
+        manifest = {"version": 1, "shards": shards}
+        fs.write_bytes(fs.join(tmp, "manifest.json"), json.dumps(manifest, indent=1).encode())
+        fs.replace_dir(tmp, ctx.run.shards)
+        total = sum(s["samples"] for s in shards)
+        return {"samples": total, "shards": len(shards), "shard_dir": ctx.run.shards}
