@@ -76,7 +76,10 @@ def write_bytes(uri: str, data: bytes) -> None:
 
 def write_parquet(uri: str, table: pa.Table) -> None:
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+    # Media bytes are already compressed (JPEG, FLAC, ...): zstd on them only burns CPU.
+    codecs = {f.name: "none" if pa.types.is_large_binary(f.type) or pa.types.is_binary(f.type) else "zstd"
+              for f in table.schema}
+    pq.write_table(table, buf, compression=codecs or "zstd")
     write_bytes(uri, buf.getvalue())
 
 

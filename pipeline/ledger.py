@@ -64,7 +64,10 @@ def stamp_stage(table: pa.Table, stage_name: str) -> pa.Table:
 def split_live(table: pa.Table) -> tuple[pa.Table, pa.Table]:
     """(rows still alive, rows already rejected upstream)."""
     table = ensure_reject_column(table)
-    rejected = pc.is_valid(table.column("reject"))
+    col = table.column("reject")
+    if col.null_count == table.num_rows:  # the common case: nothing rejected, no copy
+        return table, table.slice(0, 0)
+    rejected = pc.is_valid(col)
     return table.filter(pc.invert(rejected)), table.filter(rejected)
 
 

@@ -204,6 +204,16 @@ class SegmentWriter:
         return pa.table({"kept": [kept_n], "kept_bytes": [kept_bytes], "rejects": [json.dumps(counts)]})
 
 
+def _read_parts(batch: pa.Table) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    tables = []
+    for uri in batch.column("part").to_pylist():
+        filesystem, path = fs.resolve(uri)
+        tables.append(pq.read_table(path, filesystem=filesystem))
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
 # -- the runner ---------------------------------------------------------------
 @dataclass
 class RunContext:
@@ -361,10 +371,15 @@ class Runner:
     def _read(self, upstream: dict[str, Any]):
         import ray
 
+        # One block per committed part: read_parquet would merge small parts into
+        # one block and leave all but one worker idle. The read keeps its own
+        # (small) CPU request so that Ray does not fuse it with the first stage,
+        # which would bundle the part list itself into batches of batch_size.
         parts = [i.path for i in fs.list_files(upstream["dir"]) if i.path.endswith(".parquet")]
-        # One block per part at least, so that small inputs still spread over the workers.
-        return ray.data.read_parquet(upstream["dir"], file_extensions=["parquet"],
-                                     override_num_blocks=max(len(parts), 1))
+        filesystem, _ = fs.resolve(upstream["dir"])
+        items = ray.data.from_items([{"part": fs.join(upstream["dir"], p.rsplit("/", 1)[1])} for p in parts],
+                                    override_num_blocks=len(parts))
+        return items.map_batches(_read_parts, batch_size=1, batch_format="pyarrow", num_cpus=0.25)
 
     @staticmethod
     def _map_stage(ds, stage: Stage, journal: str):

@@ -100,7 +100,9 @@ def decode_resize_encode(data: bytes, *, policy: str = "fit", size: int = 512, f
     except Exception as e:  # noqa: BLE001 - decoders raise SyntaxError, ValueError, ...
         raise ImageRejected("corrupt", f"{original_format or 'image'} does not decode: {type(e).__name__}: {e}") from None
 
-    im = _to_rgb(ImageOps.exif_transpose(im))
+    if orientation != 1:  # exif_transpose copies the image even when there is nothing to do
+        im = ImageOps.exif_transpose(im)
+    im = _to_rgb(im)
     if im.size != (tw, th):
         im = im.resize((tw, th), Image.Resampling.BICUBIC)
     if policy == "center_crop":

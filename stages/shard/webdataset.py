@@ -149,7 +149,7 @@ class ShardWebDataset(Stage):
             def write_shard(group: pa.Table) -> pa.Table:
                 return writer(group)
 
-            buckets = ds.groupby(BUCKET).map_groups(write_shard, batch_format="pyarrow").take_all()
+            buckets = ds.groupby(BUCKET, num_partitions=n).map_groups(write_shard, batch_format="pyarrow").take_all()
         shards = []
         filesystem, _ = fs.resolve(tmp)
         for i, b in enumerate(sorted(buckets, key=lambda b: b["bucket"])):
