@@ -45,7 +45,7 @@ def connect_ray(address: str | None = None, num_cpus: int | None = None, object_
         ray.init(address=address, log_to_driver=True)
         return
     # Short path: Ray's socket names must fit in 107 bytes.
-    tmp = tempfile.mkdtemp(prefix="mmcurate-ray-", dir="/tmp")
+    tmp = tempfile.mkdtemp(prefix="mmcurate-ray-", dir=os.environ.get("MMCURATE_RAY_TMPDIR", "/tmp"))
     ray.init(num_cpus=num_cpus, _temp_dir=tmp, object_store_memory=object_store_mb << 20,
              include_dashboard=False, configure_logging=True, logging_level="WARNING")
 
@@ -116,9 +116,8 @@ class StageCall:
     Used as an instance (Ray tasks) or as a class (actor pools).
     """
 
-    def __init__(self, stage: Stage, journal: str):
-        self.stage, self.journal = stage, journal
-        self.key = stage.fingerprint()
+    def __init__(self, stage: Stage, journal: str, key: str):
+        self.stage, self.journal, self.key = stage, journal, key
 
     def _ready_stage(self) -> Stage:
         stage = _WORKER_STAGES.get(self.key)
@@ -388,10 +387,11 @@ class Runner:
                                 "num_cpus": res.num_cpus}
         if res.num_gpus:
             opts["num_gpus"] = res.num_gpus
+        key = stage.fingerprint()
         if stage.stateful:
-            return ds.map_batches(StageCall, fn_constructor_args=(stage, journal),
+            return ds.map_batches(StageCall, fn_constructor_args=(stage, journal, key),
                                   concurrency=res.concurrency or 1, **opts)
-        return ds.map_batches(StageCall(stage, journal), **opts)
+        return ds.map_batches(StageCall(stage, journal, key), **opts)
 
     # -- the summary -----------------------------------------------------------
     def _summary(self, results: list[dict[str, Any]], seconds: float) -> dict[str, Any]:

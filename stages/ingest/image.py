@@ -66,6 +66,7 @@ def decode_resize_encode(data: bytes, *, policy: str = "fit", size: int = 512, f
                          quality: int = 90, max_pixels: int = 89_478_485) -> Encoded:
     if not data:
         raise ImageRejected("empty_file", "the file is empty (0 bytes)")
+    Image.MAX_IMAGE_PIXELS = max_pixels  # PIL's own check, applied before any pixel is decoded
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -1,0 +1,27 @@
+# Two commands do everything on a fresh machine:
+#   make demo   - install, make the demo data, run jobs/demo.yaml into runs/demo/, audit and check it
+#   make test   - install, run the test suite
+VENV := .venv
+PY := $(VENV)/bin/python
+SHARD_CHECKER := ../shared/tools/check_shards.py
+
+.PHONY: setup demo test bench clean
+
+setup:
+	@bash scripts/install.sh
+
+demo: setup
+	$(PY) -m jobs.demo_data runs/demo-data
+	$(VENV)/bin/mmcurate run jobs/demo.yaml --output runs/demo
+	$(VENV)/bin/mmcurate audit runs/demo > runs/demo/audit.json && echo "audit: every input is in the shards or the rejects (runs/demo/audit.json)"
+	$(PY) -m jobs.read_shards runs/demo/shards
+	@if [ -f $(SHARD_CHECKER) ]; then $(PY) $(SHARD_CHECKER) runs/demo/shards; fi
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) bench/bench_ingest.py
+
+clean:
+	rm -rf runs .venv .venv-pillow bench/_data

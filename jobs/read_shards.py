@@ -1,0 +1,39 @@
+"""Read a shard directory back the way a trainer would, and print what is in it.
+
+    python -m jobs.read_shards runs/demo/shards
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import sys
+
+
+def main(shard_dir: str) -> int:
+    import webdataset as wds
+
+    manifest = json.load(open(os.path.join(shard_dir, "manifest.json")))
+    names = [s["name"] for s in manifest["shards"]]
+    if not names:
+        print(f"{shard_dir}: manifest lists no shards")
+        return 1
+    prefix = names[0].rsplit("-", 1)[0]
+    first, last = names[0].rsplit("-", 1)[1][:-4], names[-1].rsplit("-", 1)[1][:-4]
+    pattern = os.path.join(shard_dir, f"{prefix}-{{{first}..{last}}}.tar")
+    members: collections.Counter = collections.Counter()
+    n = 0
+    for sample in wds.WebDataset(pattern, shardshuffle=False, empty_check=False):
+        n += 1
+        members.update(k for k in sample if not k.startswith("__"))
+        if n == 1:
+            meta = json.loads(sample["json"])
+            print(f"first sample {sample['__key__']}: caption {sample.get('txt', b'').decode()!r}, "
+                  f"{meta.get('width')}x{meta.get('height')} {meta.get('image_format')}")
+    print(f"webdataset read {n} samples from {pattern} (manifest v{manifest['version']}: "
+          f"{sum(s['samples'] for s in manifest['shards'])} in {len(names)} shards); members {dict(members)}")
+    return 0 if n == sum(s["samples"] for s in manifest["shards"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
