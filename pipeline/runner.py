@@ -313,7 +313,9 @@ class Runner:
         bar.close()
         fs.makedirs(tmp_k)
         fs.makedirs(tmp_r)
-        fingerprint = _hash(__version__, stage.fingerprint(), digest.hexdigest())
+        # What was listed decides, not the parameters: a parameter that changes the
+        # listing changes its content, and one that does not (quality) must not rerun it.
+        fingerprint = _hash(__version__, stage.name, digest.hexdigest())
         marker = rd.marker(seg.name)
         if marker and marker.get("fingerprint") == fingerprint:
             fs.delete(tmp_k)

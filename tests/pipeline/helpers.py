@@ -1,0 +1,87 @@
+"""Test-only stages. They are pickled by value so that Ray workers need not import tests/."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import cloudpickle
+import pyarrow as pa
+from pydantic import Field
+
+from pipeline import ledger
+from pipeline.job import Job
+from pipeline.stage import Params, Resources, Stage
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+class RaiseOnParams(Params):
+    word: str = Field("poison", description="captions containing this word raise")
+
+
+class RaiseOn(Stage):
+    """Raises ValueError for a whole batch if any caption contains `word`."""
+
+    name = "test_raise_on"
+    Params = RaiseOnParams
+    resources = Resources(num_cpus=0.5, batch_size=16)
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        for c in batch.column("caption").to_pylist():
+            if self.params.word in c:
+                raise ValueError(f"caption contains {self.params.word!r}")
+        return batch.append_column("checked", pa.array([True] * batch.num_rows))
+
+
+class ExitOnParams(Params):
+    word: str = Field("poison", description="a batch with this word kills the worker process")
+
+
+class ExitOn(Stage):
+    """Kills its worker process (os._exit) when a caption contains `word`."""
+
+    name = "test_exit_on"
+    Params = ExitOnParams
+    resources = Resources(num_cpus=0.5, batch_size=16)
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        if any(self.params.word in c for c in batch.column("caption").to_pylist()):
+            os._exit(3)
+        return batch
+
+
+class RejectOddParams(Params):
+    column: str = Field("n", description="integer column")
+
+
+class RejectOdd(Stage):
+    """Rejects rows whose `column` is odd (a stand-in for a filter)."""
+
+    name = "test_reject_odd"
+    Params = RejectOddParams
+    resources = Resources(num_cpus=0.5, batch_size=8)
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        values = batch.column(self.params.column).to_pylist()
+        return ledger.with_rejects(batch, [ledger.reject("odd", f"{v} is odd") if v % 2 else None for v in values])
+
+
+class SlowPassParams(Params):
+    seconds: float = Field(0.0, ge=0, description="sleep this long before passing the data on")
+
+
+class SlowPass(Stage):
+    """A global stage that passes everything on, after a sleep (to be killed mid-segment)."""
+
+    name = "test_slow_pass"
+    kind = "global"
+    Params = SlowPassParams
+
+    def run_global(self, ds, ctx):
+        time.sleep(self.params.seconds)
+        return ds
+
+
+def make_job(*stages: Stage, name: str = "test") -> Job:
+    return Job(name=name, stages=list(stages))

@@ -1,0 +1,174 @@
+"""The runner's guarantees: failing rows isolated, crashed workers survived, resume, reruns."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pyarrow as pa
+
+from pipeline import fs, ledger
+from pipeline.runner import Runner, plan
+from stages.ingest.image_text import IngestImageText
+from stages.shard.webdataset import ShardWebDataset
+from tests.conftest import ROOT
+from tests.pipeline.helpers import ExitOn, RaiseOn, RejectOdd, SlowPass, make_job
+
+
+def _rejects(out: str) -> list[dict]:
+    rd_rows = []
+    for d in fs.list_files(os.path.join(out, "rejects"), recursive=True):
+        if d.path.endswith(".parquet"):
+            rd_rows += fs.read_parquet_dir(d.path.rsplit("/", 1)[0]).to_pylist()
+    # read_parquet_dir reads a whole folder: de-duplicate by folder
+    seen, rows = set(), []
+    for r in rd_rows:
+        if r["sample_id"] not in seen:
+            seen.add(r["sample_id"])
+            rows.append(r)
+    return rows
+
+
+def _poison_manifest(demo_data, tmp_path, poisoned: int = 1) -> str:
+    """The demo manifest with `poisoned` captions containing the word 'poison'."""
+    rows = [json.loads(line) for line in open(demo_data["manifest"], encoding="utf-8", errors="surrogateescape")]
+    rows = [r for r in rows if r["photo"] != "broken"]
+    for r in rows[5:5 + poisoned]:
+        r["caption"] += " poison"
+    path = tmp_path / "manifest.jsonl"
+    with open(path, "w") as f:
+        for r in rows:
+            r["path"] = os.path.join(demo_data["dir"], r["path"])
+            f.write(json.dumps(r) + "\n")
+    return str(path)
+
+
+def test_plan_groups_row_stages_into_segments():
+    stages = [IngestImageText(source="x"), RejectOdd(), RaiseOn(), SlowPass(), RejectOdd(), ShardWebDataset()]
+    assert [s.name for s in plan(stages)] == [
+        "00-listing", "01-ingest_image_text+test_reject_odd+test_raise_on", "02-test_slow_pass",
+        "03-test_reject_odd", "04-shard_webdataset"]
+
+
+def test_a_raising_batch_rejects_only_its_failing_rows(ray_session, demo_data, tmp_path):
+    manifest = _poison_manifest(demo_data, tmp_path, poisoned=2)
+    out = str(tmp_path / "run")
+    summary = Runner(make_job(IngestImageText(source=manifest), RaiseOn()), out, log=lambda *a: None).run()
+    rejected = [r for r in _rejects(out)]
+    assert sorted(r["reject_reason"] for r in rejected) == ["error:ValueError"] * 2
+    assert all("poison" in r["caption"] and "test_raise_on" in r["reject_detail"] for r in rejected)
+    assert summary["kept"] == summary["inputs"] - 2
+    kept = fs.read_parquet_dir(os.path.join(out, "stages", "01-ingest_image_text+test_raise_on"))
+    assert kept.column("checked").to_pylist() == [True] * kept.num_rows  # the rest of each batch went on
+    assert ledger.audit(out)["ok"]
+
+
+def test_a_row_that_kills_its_worker_is_the_only_reject(ray_session, demo_data, tmp_path):
+    manifest = _poison_manifest(demo_data, tmp_path, poisoned=1)
+    out = str(tmp_path / "run")
+    summary = Runner(make_job(IngestImageText(source=manifest), ExitOn()), out, log=lambda *a: None).run()
+    (rejected,) = _rejects(out)
+    assert rejected["reject_reason"] == "error:WorkerDied"
+    assert "poison" in rejected["caption"]
+    assert summary["kept"] == summary["inputs"] - 1
+    assert ledger.audit(out)["ok"]
+    assert not fs.exists(os.path.join(out, "_journal"))
+
+
+def _files(out: str, segment: str) -> dict[str, tuple[int, int]]:
+    d = os.path.join(out, "stages", segment)
+    return {f: (os.stat(os.path.join(d, f)).st_ino, os.stat(os.path.join(d, f)).st_mtime_ns) for f in os.listdir(d)}
+
+
+def test_a_changed_parameter_reruns_exactly_what_it_affects(ray_session, demo_data, tmp_path):
+    out = str(tmp_path / "run")
+
+    def run(quality=90, per_shard=50):
+        job = make_job(IngestImageText(source=demo_data["manifest"], quality=quality, image_size=128),
+                       SlowPass(), ShardWebDataset(samples_per_shard=per_shard))
+        s = Runner(job, out, log=lambda *a: None).run()
+        return [seg["skipped"] for seg in s["segments"]], s
+
+    skipped, first = run()
+    assert skipped == [False, False, False, False]
+    before = {seg: _files(out, seg) for seg in ("00-listing", "01-ingest_image_text", "02-test_slow_pass")}
+    assert run()[0] == [True, True, True, True]  # unchanged: nothing redone
+    skipped, second = run(per_shard=20)  # only the shards depend on this
+    assert skipped == [True, True, True, False]
+    assert {seg: _files(out, seg) for seg in before} == before
+    assert second["shards"] > first["shards"]
+    skipped, _ = run(quality=50)  # ingest and everything after it
+    assert skipped == [True, False, False, False]
+    assert _files(out, "00-listing") == before["00-listing"]
+    assert ledger.audit(out)["ok"]
+
+
+KILL_SCRIPT = """
+import sys
+sys.path.insert(0, {root!r})
+from pipeline.runner import Runner
+from stages.ingest.image_text import IngestImageText
+from stages.shard.webdataset import ShardWebDataset
+from tests.pipeline.helpers import SlowPass, make_job
+job = make_job(IngestImageText(source={manifest!r}, image_size=128), SlowPass(seconds={sleep}),
+               ShardWebDataset(samples_per_shard=40))
+Runner(job, {out!r}).run()
+"""
+
+
+def _ray_processes(marker: str) -> list[int]:
+    pids = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmd = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+            except OSError:
+                continue
+            if marker in cmd and int(pid) != os.getpid():
+                pids.append(int(pid))
+    return pids
+
+
+def test_sigkill_after_a_commit_then_rerun(demo_data, tmp_path, ray_session):
+    out = str(tmp_path / "run")
+    ray_tmp = tempfile.mkdtemp(prefix="mk", dir="/tmp")  # short: Ray's socket paths are limited
+    script = tmp_path / "job.py"
+    script.write_text(KILL_SCRIPT.format(root=ROOT, manifest=demo_data["manifest"], out=out, sleep=120))
+    env = {**os.environ, "MMCURATE_RAY_TMPDIR": ray_tmp}
+    proc = subprocess.Popen([sys.executable, str(script)], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    committed = os.path.join(out, "stages", "01-ingest_image_text", "_SUCCESS")
+    try:
+        deadline = time.time() + 120
+        while not os.path.exists(committed):
+            assert proc.poll() is None, "the job ended before it could be killed"
+            assert time.time() < deadline, "segment 01 never committed"
+            time.sleep(0.2)
+        time.sleep(1.0)  # now inside the slow global segment
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        for pid in _ray_processes(ray_tmp):  # the killed job's own Ray (raylet, gcs, workers)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert not os.path.exists(os.path.join(out, "stages", "02-test_slow_pass", "_SUCCESS"))
+    before = {seg: _files(out, seg) for seg in ("00-listing", "01-ingest_image_text")}
+
+    # Rerun without the sleep (segment 02 never committed, so it is redone either way).
+    job = make_job(IngestImageText(source=demo_data["manifest"], image_size=128), SlowPass(seconds=0),
+                   ShardWebDataset(samples_per_shard=40))
+    summary = Runner(job, out, log=lambda *a: None).run()
+    assert [s["skipped"] for s in summary["segments"]] == [True, True, False, False]
+    assert {seg: _files(out, seg) for seg in before} == before  # committed files not rewritten
+    result = ledger.audit(out)
+    assert result["ok"] and result["duplicated"] == 0 and result["missing"] == 0
+    assert result["inputs"] == demo_data["inputs"]
+    assert not [n for n in os.listdir(out) if n.startswith(".tmp-")]
