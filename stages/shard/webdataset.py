@@ -99,10 +99,12 @@ class _ShardWriter:
                    and not pa.types.is_large_binary(group.schema.field(c).type)]
         filesystem, path = fs.resolve(base + ".tar")
         counts: dict[str, int] = {}
+        # to_numpy keeps each embedding's dtype (float16 stays float16); to_pylist would not.
+        vectors = {c: group.column(c).combine_chunks().to_numpy(zero_copy_only=False) for c in embeddings}
         with filesystem.open_output_stream(path) as raw:
             sink = _HashingWriter(raw)
             with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tf:
-                for row in group.to_pylist():
+                for i, row in enumerate(group.drop_columns(embeddings).to_pylist()):
                     key = row["sample_id"]
                     for col in media:
                         value = row[col]
@@ -116,10 +118,11 @@ class _ShardWriter:
                     record["meta"] = json.loads(row["meta"]) if row.get("meta") else {}
                     _member(tf, f"{key}.json", json.dumps(record, ensure_ascii=False, sort_keys=True).encode())
                     for col in embeddings:
-                        if row[col] is not None:
-                            _member(tf, f"{key}.{col}.npy", _npy(row[col]))
+                        if vectors[col][i] is not None:
+                            _member(tf, f"{key}.{col}.npy", _npy(vectors[col][i]))
                             counts[f"{col}.npy"] = counts.get(f"{col}.npy", 0) + 1
-        index = group.select(scalars + embeddings)
+        texts = [c for c in media if pa.types.is_string(group.schema.field(c).type)]  # captions are small
+        index = group.select(scalars + texts + embeddings)
         index = index.add_column(0, "__key__", group.column("sample_id"))
         fs.write_parquet(base + ".parquet", index)
         return pa.table({"bucket": [bucket], "samples": [group.num_rows], "bytes": [sink.size],

@@ -1,0 +1,53 @@
+"""Job files are validated against the stages' own parameter models, with clear messages."""
+import os
+
+import pytest
+
+from pipeline.job import JobError, load_job, parse_job
+from tests.conftest import ROOT
+
+
+def _job(*stages):
+    return {"name": "t", "stages": list(stages)}
+
+
+def test_demo_job_is_valid():
+    job = load_job(os.path.join(ROOT, "jobs", "demo.yaml"))
+    assert [s.name for s in job.stages] == ["ingest_image_text", "shard_webdataset"]
+    assert job.stages[0].params.image_size == 384
+
+
+def test_unknown_key_names_stage_key_and_allowed_keys():
+    with pytest.raises(JobError) as e:
+        parse_job(_job({"ingest_image_text": {"source": "m.jsonl", "max_sid": 5}}), "j.yaml")
+    msg = str(e.value)
+    assert "j.yaml" in msg and "stages[1]" in msg and "'ingest_image_text'" in msg
+    assert "unknown key 'max_sid'" in msg and "image_size" in msg and "quality" in msg
+
+
+def test_out_of_bounds_and_wrong_choice():
+    with pytest.raises(JobError, match=r"'quality': Input should be less than or equal to 100 \(got 150\)"):
+        parse_job(_job({"ingest_image_text": {"source": "m", "quality": 150}}))
+    with pytest.raises(JobError, match=r"'resize': Input should be 'fit', 'center_crop', 'pad' or 'none'"):
+        parse_job(_job({"ingest_image_text": {"source": "m", "resize": "stretch"}}))
+    with pytest.raises(JobError, match="missing required key 'source'"):
+        parse_job(_job({"ingest_image_text": {}}))
+
+
+def test_unknown_stage_and_bad_order():
+    with pytest.raises(JobError, match="unknown stage 'ingest_imgs'.*known stages: .*ingest_image_text"):
+        parse_job(_job({"ingest_imgs": {}}))
+    with pytest.raises(JobError, match="must be a source stage"):
+        parse_job(_job({"shard_webdataset": {}}))
+    with pytest.raises(JobError, match="must be the last stage"):
+        parse_job(_job({"ingest_image_text": {"source": "m"}}, "shard_webdataset", "shard_webdataset"))
+    with pytest.raises(JobError, match="unknown top-level key"):
+        parse_job({"name": "t", "stages": [{"ingest_image_text": {"source": "m"}}], "outptu": "x"})
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(JobError, match="job file not found"):
+        load_job(str(tmp_path / "nope.yaml"))
+    (tmp_path / "bad.yaml").write_text("stages: [\n")
+    with pytest.raises(JobError, match="not valid YAML"):
+        load_job(str(tmp_path / "bad.yaml"))
