@@ -73,6 +73,8 @@ def plan(stages: list[Stage]) -> list[Segment]:
     """Listing, then consecutive row stages grouped; global and sink stages alone."""
     segments = [Segment(0, "listing", [stages[0]])]
     for stage in stages:
+        if stage.is_source and type(stage).process is Stage.process:
+            continue  # a source whose listed rows are the data: nothing to load
         last = segments[-1]
         if stage.kind == "row" and last.kind == "row":
             last.stages.append(stage)
@@ -391,8 +393,13 @@ class Runner:
             opts["num_gpus"] = res.num_gpus
         key = stage.fingerprint()
         if stage.stateful:
-            return ds.map_batches(StageCall, fn_constructor_args=(stage, journal, key),
-                                  concurrency=res.concurrency or 1, **opts)
+            import ray.data
+
+            # One block in flight per actor, so that an actor that started first does not
+            # queue up the blocks meant for the others (batches within a block are
+            # still prefetched while the model runs).
+            pool = ray.data.ActorPoolStrategy(size=res.concurrency or 1, max_tasks_in_flight_per_actor=1)
+            return ds.map_batches(StageCall, fn_constructor_args=(stage, journal, key), compute=pool, **opts)
         return ds.map_batches(StageCall(stage, journal, key), **opts)
 
     # -- the summary -----------------------------------------------------------

@@ -75,6 +75,3 @@ class IngestTable(Stage):
             start += n
             if limit is not None and start >= limit:
                 break
-
-    def process(self, batch: pa.Table) -> pa.Table:
-        return batch  # the rows are the input; nothing to load

@@ -85,3 +85,24 @@ class SlowPass(Stage):
 
 def make_job(*stages: Stage, name: str = "test") -> Job:
     return Job(name=name, stages=list(stages))
+
+
+class WorkerTagParams(Params):
+    pass
+
+
+class WorkerTag(Stage):
+    """A stateful stage (an actor pool of 2): tags each row with its worker and setup count."""
+
+    name = "test_worker_tag"
+    Params = WorkerTagParams
+    resources = Resources(num_cpus=0.5, concurrency=2, batch_size=16)
+
+    def setup(self) -> None:
+        self.setups = getattr(self, "setups", 0) + 1
+        self.pid = os.getpid()
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        time.sleep(0.2)  # 1.6 s per block: the second actor is up before the first is done
+        return (batch.append_column("worker_pid", pa.array([self.pid] * batch.num_rows, pa.int64()))
+                .append_column("setups", pa.array([self.setups] * batch.num_rows, pa.int64())))

@@ -62,8 +62,8 @@ def test_stage_command_keeps_every_input_column(ray_session, rows_file, tmp_path
     register(RejectOdd)
     out = str(tmp_path / "out")
     assert cli.main(["stage", "test_reject_odd", "--input", rows_file, "--output", out, "--set", "column=n"]) == 0
-    kept = fs.read_parquet_dir(os.path.join(out, "stages", "01-ingest_table+test_reject_odd"))
-    rejects = fs.read_parquet_dir(os.path.join(out, "rejects", "01-ingest_table+test_reject_odd"))
+    kept = fs.read_parquet_dir(os.path.join(out, "stages", "01-test_reject_odd"))
+    rejects = fs.read_parquet_dir(os.path.join(out, "rejects", "01-test_reject_odd"))
     assert sorted(kept.column("n").to_pylist()) == list(range(0, 20, 2))
     assert sorted(rejects.column("n").to_pylist()) == list(range(1, 20, 2))
     for table in (kept, rejects):

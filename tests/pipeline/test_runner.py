@@ -172,3 +172,33 @@ def test_sigkill_after_a_commit_then_rerun(demo_data, tmp_path, ray_session):
     assert result["ok"] and result["duplicated"] == 0 and result["missing"] == 0
     assert result["inputs"] == demo_data["inputs"]
     assert not [n for n in os.listdir(out) if n.startswith(".tmp-")]
+
+
+def test_stateful_stage_runs_as_an_actor_pool(ray_session, tmp_path):
+    from stages.ingest.table import IngestTable
+    from tests.pipeline.helpers import WorkerTag
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"n": i}) + "\n" for i in range(400)))
+    out = str(tmp_path / "run")
+    assert WorkerTag().stateful
+    Runner(make_job(IngestTable(source=str(rows)), WorkerTag()), out, log=lambda *a: None).run()
+    kept = fs.read_parquet_dir(os.path.join(out, "stages", "01-test_worker_tag"))
+    assert kept.num_rows == 400
+    pids = set(kept.column("worker_pid").to_pylist())
+    assert len(pids) == 2  # concurrency=2: two long-lived actors shared the work
+    assert set(kept.column("setups").to_pylist()) == {1}  # setup() once per actor
+
+
+def test_cli_joins_an_existing_cluster(ray_session, demo_data, tmp_path):
+    """--ray-address: a separate process runs its job on this test's Ray cluster."""
+    address = ray_session.get_runtime_context().gcs_address
+    job = tmp_path / "job.yaml"
+    job.write_text(f"name: joined\nstages:\n  - ingest_image_text: {{source: {demo_data['manifest']}, image_size: 64}}\n"
+                   "  - shard_webdataset: {samples_per_shard: 30}\n")
+    out = str(tmp_path / "run")
+    res = subprocess.run([os.path.join(ROOT, ".venv", "bin", "mmcurate"), "run", str(job), "--output", out,
+                          "--ray-address", address], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "Started a local Ray instance" not in res.stderr  # it joined instead of starting its own
+    assert ledger.audit(out)["ok"]
