@@ -28,27 +28,37 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 [ -x $VENV/bin/python ] || "$PY" -m venv $VENV
-$VENV/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
-echo "[install] pinned dependencies (requirements.lock)"
-$VENV/bin/pip install -q -r requirements.lock 2>&1 | grep -v "is ignored" || true
-$VENV/bin/pip install -q --no-deps -e . 2>&1 | grep -v "is ignored" || true
+LOG=$VENV/install.log
+: > "$LOG"
+# pip's chatter goes to the log; a failing step prints the log's end and stops.
+step() {
+  if ! "$@" >>"$LOG" 2>&1; then
+    echo "[install] FAILED: $*"; tail -n 30 "$LOG"; exit 1
+  fi
+}
+step $VENV/bin/python -m pip install -q --upgrade pip
+echo "[install] pinned dependencies (requirements.lock) into $VENV/"
+step $VENV/bin/pip install -q -r requirements.lock
+step $VENV/bin/pip install -q --no-deps -e .
 
 # pillow-simd last: anything installed after it that requires pillow would
 # put Pillow back. Build with AVX2 only where the CPU has it.
 simd_version=$(grep -i '^pillow-simd==' requirements-simd.txt | cut -d= -f3)
 flavour=pillow
-if ! $VENV/bin/python -c "import importlib.metadata as m; m.distribution('pillow-simd')" 2>/dev/null; then
+has() { $VENV/bin/python -c "import importlib.metadata as m; m.distribution('$1')" 2>/dev/null; }
+# Rebuild when pillow-simd is missing, or when a dependency put Pillow back over it.
+if ! has pillow-simd || has pillow; then
   cc_flags=cc
   grep -qw avx2 /proc/cpuinfo && cc_flags="cc -mavx2"
   echo "[install] building pillow-simd $simd_version with CC='$cc_flags' (about 30-50 s)"
-  $VENV/bin/pip uninstall -q -y pillow 2>/dev/null || true
-  if CC="$cc_flags" $VENV/bin/pip install -q --no-deps --no-cache-dir "pillow-simd==$simd_version" 2>&1 | grep -v "is ignored"; then :; fi
+  $VENV/bin/pip uninstall -q -y pillow pillow-simd >>"$LOG" 2>&1 || true
+  CC="$cc_flags" $VENV/bin/pip install -q --no-deps --no-cache-dir "pillow-simd==$simd_version" >>"$LOG" 2>&1 || true
   if $VENV/bin/python -c "import importlib.metadata as m; m.distribution('pillow-simd'); import PIL.Image" 2>/dev/null; then
     flavour=pillow-simd
   else
     echo "[install] WARNING: pillow-simd failed to build; falling back to Pillow (resizes will be 5-10x slower)"
     $VENV/bin/pip uninstall -q -y pillow-simd 2>/dev/null || true
-    $VENV/bin/pip install -q "$(grep -i '^pillow==' requirements-simd.txt)" 2>&1 | grep -v "is ignored" || true
+    step $VENV/bin/pip install -q "$(grep -i '^pillow==' requirements-simd.txt)"
   fi
 else
   flavour=pillow-simd

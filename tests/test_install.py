@@ -8,26 +8,17 @@ import PIL.Image
 from tests.conftest import ROOT
 
 
-def _owner_of_pil() -> str:
-    """The distribution whose files include the PIL package that is imported."""
-    pil_init = os.path.realpath(PIL.__file__)
-    for dist in ("pillow-simd", "pillow"):
-        try:
-            files = importlib.metadata.distribution(dist).files or []
-        except importlib.metadata.PackageNotFoundError:
-            continue
-        for f in files:
-            if str(f).replace("\\", "/") == "PIL/__init__.py" and os.path.realpath(f.locate()) == pil_init:
-                return dist
-    return "unknown"
-
-
 def test_loaded_pil_is_the_installed_flavour():
     recorded = open(os.path.join(ROOT, ".venv", ".mmcurate-pil")).read().strip()
-    assert _owner_of_pil() == recorded
-    if recorded == "pillow-simd":
-        # pillow-simd versions carry a .postN suffix; plain Pillow's never do.
-        assert ".post" in PIL.__version__
-        im = PIL.Image.new("RGB", (2000, 1500), (10, 20, 30)).resize((224, 224), PIL.Image.Resampling.BICUBIC)
-        assert im.getpixel((0, 0)) == (10, 20, 30)
-
+    # pillow-simd releases carry a .postN suffix (12.1.1.post0); Pillow's never do.
+    loaded = "pillow-simd" if ".post" in PIL.__version__ else "pillow"
+    assert loaded == recorded
+    assert importlib.metadata.version(loaded) == PIL.__version__
+    if loaded == "pillow-simd":  # and no Pillow left whose files could shadow it
+        try:
+            importlib.metadata.distribution("pillow")
+            raise AssertionError("Pillow is installed next to pillow-simd")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    im = PIL.Image.new("RGB", (2000, 1500), (10, 20, 30)).resize((224, 224), PIL.Image.Resampling.BICUBIC)
+    assert im.getpixel((0, 0)) == (10, 20, 30)

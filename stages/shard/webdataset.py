@@ -103,7 +103,8 @@ class _ShardWriter:
         vectors = {c: group.column(c).combine_chunks().to_numpy(zero_copy_only=False) for c in embeddings}
         with filesystem.open_output_stream(path) as raw:
             sink = _HashingWriter(raw)
-            with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tf:
+            # A 1 MiB stream buffer: the default (10 KiB) costs a Python call per 10 KiB of media.
+            with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, bufsize=1 << 20) as tf:
                 for i, row in enumerate(group.drop_columns(embeddings).to_pylist()):
                     key = row["sample_id"]
                     for col in media:
