@@ -19,7 +19,10 @@ def _parse_sets(pairs: list[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise JobError(f"--set expects key=value, got {pair!r}")
-        out[key.strip()] = yaml.safe_load(value) if value else ""
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError as e:
+            raise JobError(f"--set {pair!r}: the value is not valid YAML: {e}") from None
     return out
 
 
@@ -121,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (JobError, FileNotFoundError, ValueError) as e:  # SourceError is a ValueError
+    except (JobError, OSError, ValueError) as e:  # SourceError is a ValueError
         if os.environ.get("MMCURATE_DEBUG"):
             raise
         print(f"mmcurate: error: {e}", file=sys.stderr)

@@ -97,9 +97,14 @@ def replace_dir(src: str, dst: str) -> None:
     """Move directory src to dst, replacing what dst held."""
     fs, spath = resolve(src)
     _, dpath = resolve(dst)
-    delete(dst)
     fs.create_dir(dpath.rpartition("/")[0], recursive=True)
-    fs.move(spath, dpath)
+    if exists(dst):  # old aside, new in, old gone: dst is never missing
+        old = _tmp_name(dpath)
+        fs.move(dpath, old)
+        fs.move(spath, dpath)
+        fs.delete_dir(old)
+    else:
+        fs.move(spath, dpath)
 
 
 def read_parquet_dir(uri: str, columns: list[str] | None = None) -> pa.Table | None:

@@ -92,6 +92,8 @@ def parse_job(data: Any, source: str = "<inline>") -> Job:
                            f"known stages: {', '.join(registry())}")
         (name, params), = entry.items()
         stages.append(build_stage(name, params, where=f"{source}: stages[{i}]"))
+    if not isinstance(data.get("ray") or {}, dict):
+        raise JobError(f"{source}: 'ray' must be a mapping such as {{num_cpus: 4}}, got {data.get('ray')!r}")
     try:
         ray_spec = RaySpec(**(data.get("ray") or {}))
     except ValidationError as e:

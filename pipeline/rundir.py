@@ -57,7 +57,8 @@ class RunDir:
             return None
 
     def commit(self, segment: str, tmp_kept: str, tmp_rejects: str, info: dict[str, Any]) -> None:
-        """Publish a finished segment: rejects, then kept rows, then the marker last."""
+        """Publish a finished segment: the old marker goes first, the new one last."""
+        fs.delete(fs.join(self.segment_dir(segment), "_SUCCESS"))
         fs.replace_dir(tmp_rejects, self.rejects_dir(segment))
         fs.replace_dir(tmp_kept, self.segment_dir(segment))
         fs.write_bytes(fs.join(self.segment_dir(segment), "_SUCCESS"),

@@ -151,9 +151,10 @@ class StageCall:
     @staticmethod
     def _run(stage: Stage, table: pa.Table) -> pa.Table:
         out = stage.process(table)
-        if out.num_rows != table.num_rows:
-            raise RuntimeError(f"stage {stage.name} returned {out.num_rows} rows for {table.num_rows}: "
-                               "a row-wise stage must reject rows, not drop them")
+        if out.num_rows != table.num_rows or \
+                sorted(out.column("sample_id").to_pylist()) != sorted(table.column("sample_id").to_pylist()):
+            raise RuntimeError(f"stage {stage.name} returned other rows than it was given: "
+                               "a row-wise stage must reject rows, not drop, add or duplicate them")
         return ledger.stamp_stage(ledger.ensure_reject_column(out), stage.name)
 
     def _row_by_row(self, stage: Stage, live: pa.Table, marker: str) -> pa.Table:
@@ -352,6 +353,7 @@ class Runner:
                 ds = seg.stages[0].run_global(ds, ctx)
             else:
                 journal = fs.join(rd.journal, seg.name)
+                fs.delete(journal)  # markers of an earlier, interrupted attempt are not crashes of this one
                 for stage in seg.stages:
                     ds = self._map_stage(ds, stage, journal)
             writer = SegmentWriter(tmp_k, tmp_r, self.thumbnails)

@@ -6,10 +6,13 @@ decides tasks vs actors from the declared resources.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import importlib.metadata
 import inspect
 import json
+import os
+import sys
 from typing import Any, ClassVar, Iterator, Literal
 
 import pyarrow as pa
@@ -87,13 +90,28 @@ class Stage:
         return self.resources.concurrency is not None or self.resources.num_gpus > 0
 
     def fingerprint(self) -> str:
-        """Changes when the parameters or the stage's code change."""
-        code = inspect.getsource(inspect.getmodule(type(self)))
-        blob = json.dumps([self.name, self.params.model_dump(mode="json"), code], sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        """Changes when the parameters or the code change: the stage's module, the
+        modules beside it (its helpers) and the record schemas."""
+        return hashlib.sha256(json.dumps([self.name, self.params.model_dump(mode="json"),
+                                          _code_digest(type(self))]).encode()).hexdigest()[:16]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params!r})"
+
+
+def _code_digest(cls: type) -> str:
+    module = inspect.getmodule(cls)
+    files = {inspect.getsourcefile(module)}
+    folder = os.path.dirname(files.pop())
+    files = sorted(glob.glob(os.path.join(folder, "*.py")))
+    schemas = sys.modules.get("schemas")
+    if schemas is not None and getattr(schemas, "__file__", None):
+        files.append(schemas.__file__)
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            h.update(fh.read())
+    return h.hexdigest()
 
 
 # -- registry ------------------------------------------------------------

@@ -5,6 +5,8 @@ import re
 import unicodedata
 
 _WHITESPACE = re.compile(r"\s+")
+# Invisible characters with no meaning in a caption (the ZWJ of emoji sequences stays).
+_INVISIBLE = dict.fromkeys(map(ord, "\ufeff\u200b\u2060"), None)
 
 
 class CaptionRejected(Exception):
@@ -29,7 +31,7 @@ def normalize_caption(raw: bytes | str | None, invalid_utf8: str = "repair") -> 
         if invalid_utf8 == "reject":
             raise CaptionRejected("invalid_utf8", f"caption is not valid UTF-8: {e}") from None
         text = raw.decode("utf-8", "replace")
-    text = unicodedata.normalize("NFC", text)
+    text = unicodedata.normalize("NFC", text).translate(_INVISIBLE)
     # Whitespace controls become spaces; every other control character goes.
     text = "".join(" " if ch in "\t\n\r\v\f" else ch for ch in text
                    if ch in "\t\n\r\v\f" or unicodedata.category(ch) != "Cc")

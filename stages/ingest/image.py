@@ -85,15 +85,15 @@ def decode_resize_encode(data: bytes, *, policy: str = "fit", size: int = 512, f
     if ow * oh > max_pixels:
         raise ImageRejected("decompression_bomb", f"{ow}x{oh} = {ow * oh} pixels > max_pixels={max_pixels}")
     original_format = (im.format or "").lower()
-    orientation = im.getexif().get(ORIENTATION_TAG, 1)
-    if orientation in (5, 6, 7, 8):
-        ow, oh = oh, ow
-    tw, th = _target(ow, oh, policy, size)
-    if original_format in ("jpeg", "mpo") and tw < ow:
-        # Draft mode: libjpeg decodes at 1/2..1/8 scale, never below the target size.
-        dw, dh = (tw, th) if orientation not in (5, 6, 7, 8) else (th, tw)
-        im.draft(None, (dw, dh))
     try:
+        # JPEG keeps EXIF in the header; other formats may need the pixels first.
+        orientation = im.getexif().get(ORIENTATION_TAG, 1) if original_format in ("jpeg", "mpo") else None
+        if orientation in (5, 6, 7, 8):
+            ow, oh = oh, ow
+        tw, th = _target(ow, oh, policy, size)
+        if orientation is not None and tw < ow:
+            # Draft mode: libjpeg decodes at 1/2..1/8 scale, never below the target size.
+            im.draft(None, (tw, th) if orientation not in (5, 6, 7, 8) else (th, tw))
         im.load()
     except OSError as e:
         reason = "truncated" if "truncated" in str(e) else "corrupt"
@@ -101,18 +101,26 @@ def decode_resize_encode(data: bytes, *, policy: str = "fit", size: int = 512, f
     except Exception as e:  # noqa: BLE001 - decoders raise SyntaxError, ValueError, ...
         raise ImageRejected("corrupt", f"{original_format or 'image'} does not decode: {type(e).__name__}: {e}") from None
 
-    if orientation != 1:  # exif_transpose copies the image even when there is nothing to do
-        im = ImageOps.exif_transpose(im)
-    im = _to_rgb(im)
-    if im.size != (tw, th):
-        im = im.resize((tw, th), Image.Resampling.BICUBIC)
-    if policy == "center_crop":
-        left, top = (tw - size) // 2, (th - size) // 2
-        im = im.crop((left, top, left + size, top + size))
-    elif policy == "pad" and im.size != (size, size):
-        canvas = Image.new("RGB", (size, size), (0, 0, 0))
-        canvas.paste(im, ((size - tw) // 2, (size - th) // 2))
-        im = canvas
+    try:
+        if orientation is None:
+            orientation = im.getexif().get(ORIENTATION_TAG, 1)
+            if orientation in (5, 6, 7, 8):
+                ow, oh = oh, ow
+                tw, th = _target(ow, oh, policy, size)
+        if orientation != 1:  # exif_transpose copies the image even when there is nothing to do
+            im = ImageOps.exif_transpose(im)
+        im = _to_rgb(im)
+        if im.size != (tw, th):
+            im = im.resize((tw, th), Image.Resampling.BICUBIC)
+        if policy == "center_crop":
+            left, top = (tw - size) // 2, (th - size) // 2
+            im = im.crop((left, top, left + size, top + size))
+        elif policy == "pad" and im.size != (size, size):
+            canvas = Image.new("RGB", (size, size), (0, 0, 0))
+            canvas.paste(im, ((size - tw) // 2, (size - th) // 2))
+            im = canvas
+    except Exception as e:  # noqa: BLE001 - bad EXIF or an unconvertible mode
+        raise ImageRejected("corrupt", f"{original_format or 'image'} cannot be converted: {type(e).__name__}: {e}") from None
 
     out = io.BytesIO()
     if fmt == "webp":

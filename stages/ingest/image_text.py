@@ -29,6 +29,7 @@ LOCATORS = pa.schema([
     pa.field("_caption_path", pa.string()),
     pa.field("_tar_offset", pa.int64()),
     pa.field("_tar_size", pa.int64()),
+    pa.field("_source_stat", pa.string()),
 ])
 RESERVED = set(IMAGE_TEXT.names) | set(LOCATORS.names) | {"reject"}
 
@@ -94,6 +95,7 @@ class IngestImageText(Stage):
             "_caption_path": e.caption_path,
             "_tar_offset": e.tar_offset,
             "_tar_size": e.tar_size,
+            "_source_stat": e.stat,
             "reject": ledger.reject(*e.reject) if e.reject else None,
         }
         for k in user_columns:
@@ -131,7 +133,10 @@ class IngestImageText(Stage):
         p = self.params
         caption_raw = row["_caption_raw"]
         if caption_raw is None and row["_caption_path"]:
-            caption_raw = fs.read_bytes(row["_caption_path"])
+            try:
+                caption_raw = fs.read_bytes(row["_caption_path"])
+            except OSError as e:
+                raise CaptionRejected("unreadable_caption", f"{row['_caption_path']}: {e}") from None
         caption = normalize_caption(caption_raw, p.invalid_utf8)
         try:
             if row["_tar_offset"] is not None:

@@ -26,6 +26,35 @@ MEDIA_EXTENSIONS = {
 CAPTION_EXTENSIONS = (".txt", ".caption")
 
 
+def clean_text(value: Any) -> Any:
+    """Strings safe for Arrow: undecodable bytes (kept as surrogates) become U+FFFD."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            return caption_bytes(value).decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return {clean_text(k): clean_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean_text(v) for v in value]
+    return value
+
+
+def caption_bytes(value: Any) -> bytes | None:
+    """A caption as the bytes it came in, so that the caption policy decides about bad UTF-8."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value
+    if not isinstance(value, str):
+        return str(value).encode()
+    try:
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate from a JSON \ud83d escape
+        return value.encode("utf-8", "surrogatepass")
+
+
 class SourceError(ValueError):
     """A source that cannot be used at all (wrong columns, nothing there): a user error."""
 
@@ -41,6 +70,9 @@ class Entry:
     tar_size: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # extra manifest/sidecar fields
     reject: tuple[str, str] | None = None
+    # size and mtime of the files read later (media, caption sidecar), so that
+    # editing one of them changes the listing and reruns what depends on it
+    stat: str | None = None
 
     @property
     def source_uri(self) -> str:
@@ -88,7 +120,8 @@ def _manifest_rows(uri: str) -> Iterator[tuple[int, dict | None, str]]:
         return
     with filesystem.open_input_stream(path) as raw:
         # surrogateescape keeps invalid UTF-8 bytes so that the caption policy decides.
-        text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+        # utf-8-sig: a byte-order mark must not become part of the first column's name.
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
         if low.endswith((".csv", ".tsv")):
             reader = csv.DictReader(text, delimiter="\t" if low.endswith(".tsv") else ",")
             for n, row in enumerate(reader):
@@ -130,16 +163,13 @@ def list_manifest(uri: str, path_column: str, caption_column: str) -> Iterator[E
                                   "set caption_column")
             checked = True
         media, caption = row.get(path_column), row.get(caption_column)
-        extra = {k: v for k, v in row.items() if k not in (path_column, caption_column)}
+        extra = clean_text({k: v for k, v in row.items() if k not in (path_column, caption_column)})
         if not media or not isinstance(media, str):
             yield Entry(uri, str(n), extra=extra,
                         reject=("missing_path", f"{uri} row {n}: no {path_column!r} value"))
             continue
-        if isinstance(caption, str):
-            caption = caption.encode("utf-8", "surrogateescape")
-        elif caption is not None and not isinstance(caption, bytes):
-            caption = str(caption).encode()
-        yield Entry(uri, str(n), path=_resolve_against(base, media), caption_raw=caption, extra=extra)
+        yield Entry(uri, str(n), path=_resolve_against(base, media), caption_raw=caption_bytes(caption),
+                    extra=extra)
 
 
 # -- folders with sidecar captions ---------------------------------------------
@@ -158,16 +188,18 @@ def list_directory(uri: str, kind: str = "image") -> Iterator[Entry]:
         if ext in MEDIA_EXTENSIONS[kind]:
             txt = next((stem + e for e in CAPTION_EXTENSIONS if stem + e in rel), None)
             extra: dict[str, Any] = {}
-            entry = Entry(uri, r, path=full, caption_path=fs.join(uri, txt) if txt else None)
+            stat = ";".join(f"{rel[f].size}:{rel[f].mtime_ns}" for f in (r, txt) if f)
+            entry = Entry(uri, r, path=full, caption_path=fs.join(uri, txt) if txt else None, stat=stat)
             if stem + ".json" in rel:
                 try:
                     sidecar = json.loads(fs.read_bytes(fs.join(uri, stem + ".json")))
                     extra = sidecar if isinstance(sidecar, dict) else {"json": sidecar}
                 except ValueError as e:
                     extra = {"json_error": f"{stem}.json does not parse: {e}"}
-                if txt is None and "caption" in extra:
-                    entry.caption_raw = str(extra.pop("caption")).encode("utf-8", "surrogateescape")
-            entry.extra = extra
+                caption = extra.pop("caption", None)
+                if txt is None and isinstance(caption, str):
+                    entry.caption_raw = caption_bytes(caption)
+            entry.extra = clean_text(extra)
             yield entry
         elif ext in CAPTION_EXTENSIONS + (".json",) and stem in stems_with_media:
             continue  # a sidecar, consumed with its media file
@@ -202,11 +234,16 @@ def _list_tar(tar_uri: str, kind: str) -> Iterator[Entry]:
     filesystem, path = fs.resolve(tar_uri)
     group: dict[str, tarfile.TarInfo] = {}
     key = None
+    seen: set[str] = set()
     try:
         with filesystem.open_input_file(path) as f, tarfile.open(fileobj=f, mode="r:") as tf:
             def flush() -> Entry | None:
                 if key is None:
                     return None
+                if key in seen:  # webdataset needs a sample's members side by side
+                    return Entry(tar_uri, f"{key}!{len(seen)}", reject=(
+                        "split_sample", f"{tar_uri}: members of sample {key!r} are not adjacent ({sorted(group)})"))
+                seen.add(key)
                 return _tar_entry(tar_uri, key, group, tf, kind)
 
             for m in tf:
@@ -239,10 +276,12 @@ def _tar_entry(tar_uri: str, key: str, members: dict, tf: tarfile.TarFile, kind:
             extra = {"json_error": f"{key}.json does not parse: {e}"}
     caption = next((tf.extractfile(members[e.lstrip(".")]).read() for e in CAPTION_EXTENSIONS
                     if e.lstrip(".") in members), None)
-    if caption is None and isinstance(extra.get("caption"), str):
-        caption = extra.pop("caption").encode()
+    json_caption = extra.pop("caption", None)
+    if caption is None and isinstance(json_caption, str):
+        caption = caption_bytes(json_caption)
+    extra = clean_text(extra)
     if media is None:
         return Entry(tar_uri, key, extra=extra, reject=(
             "no_media_member", f"{tar_uri}: sample {key!r} has no {kind} member (has {sorted(members)})"))
     return Entry(tar_uri, key, path=tar_uri, caption_raw=caption, tar_offset=media.offset_data,
-                 tar_size=media.size, extra=extra)
+                 tar_size=media.size, extra=extra, stat=f"{media.size}:{media.mtime}")

@@ -70,8 +70,23 @@ class IngestTable(Stage):
             for name, values in defaults.items():
                 if name not in table.column_names:
                     table = table.append_column(name, values)
+            _check_ids(uri, table)
             if n:
                 yield table
             start += n
             if limit is not None and start >= limit:
                 break
+
+
+def _check_ids(uri: str, table: pa.Table) -> None:
+    """A sample_id the input brings must be a string, present and dot-free (a WebDataset key)."""
+    import pyarrow.compute as pc
+
+    col = table.column("sample_id")
+    if not pa.types.is_string(col.type) and not pa.types.is_large_string(col.type):
+        raise SourceError(f"{uri}: column 'sample_id' must hold strings, not {col.type}")
+    if col.null_count:
+        raise SourceError(f"{uri}: column 'sample_id' has {col.null_count} empty value(s)")
+    dotted = pc.filter(col, pc.match_substring(col, "."))
+    if len(dotted):
+        raise SourceError(f"{uri}: sample_id {dotted[0].as_py()!r} contains a dot (WebDataset keys cannot)")

@@ -106,3 +106,12 @@ class WorkerTag(Stage):
         time.sleep(0.2)  # 1.6 s per block: the second actor is up before the first is done
         return (batch.append_column("worker_pid", pa.array([self.pid] * batch.num_rows, pa.int64()))
                 .append_column("setups", pa.array([self.setups] * batch.num_rows, pa.int64())))
+
+
+class Duplicate(Stage):
+    """Breaks the row-wise contract: returns its first row twice."""
+
+    name = "test_duplicate"
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        return pa.concat_tables([batch.slice(0, 1), batch.slice(0, batch.num_rows - 1)])

@@ -99,3 +99,9 @@ def test_audit_fails_on_missing_or_duplicated_samples(ray_session, demo_data, tm
     assert cli.main(["audit", out]) == 1
     assert json.loads(capsys.readouterr().out)["missing"] == len(
         [v for v in demo_data["expected"].values() if v != "kept"])
+
+
+def test_bad_set_value_is_a_clear_error(tmp_path, demo_data):
+    res = _run("stage", "ingest_image_text", "--input", demo_data["manifest"], "--output", str(tmp_path / "o"),
+               "--set", "quality=[1")
+    assert res.returncode == 2 and "not valid YAML" in res.stderr and "Traceback" not in res.stderr

@@ -202,3 +202,33 @@ def test_cli_joins_an_existing_cluster(ray_session, demo_data, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert "Started a local Ray instance" not in res.stderr  # it joined instead of starting its own
     assert ledger.audit(out)["ok"]
+
+
+def test_a_stage_that_duplicates_rows_cannot_break_the_ledger(ray_session, tmp_path):
+    from stages.ingest.table import IngestTable
+    from tests.pipeline.helpers import Duplicate
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"n": i}) + "\n" for i in range(10)))
+    out = str(tmp_path / "run")
+    Runner(make_job(IngestTable(source=str(rows)), Duplicate()), out, log=lambda *a: None).run()
+    # Row by row each batch is a single row, which the stage returns intact.
+    result = ledger.audit(out)
+    assert result["ok"] and result["kept"] == 10
+
+
+def test_leftover_journal_markers_are_not_taken_for_crashes(ray_session, demo_data, tmp_path):
+    from pipeline.runner import batch_key
+
+    out = str(tmp_path / "run")
+    job = make_job(IngestImageText(source=demo_data["manifest"], image_size=64))
+    Runner(job, out, log=lambda *a: None).run()
+    listing = fs.read_parquet_dir(os.path.join(out, "stages", "00-listing"))
+    # An interrupted earlier attempt left markers for a batch and one of its rows.
+    seg = "01-ingest_image_text"
+    marker = os.path.join(out, "_journal", seg, f"ingest_image_text-{batch_key(listing.slice(0, 32))}")
+    fs.write_bytes(marker, b"")
+    fs.write_bytes(f"{marker}-{listing.column('sample_id')[0].as_py()}", b"")
+    job = make_job(IngestImageText(source=demo_data["manifest"], image_size=65))  # forces a rerun
+    Runner(job, out, log=lambda *a: None).run()
+    assert "error:WorkerDied" not in json.dumps(ledger.audit(out)["rejected_by_stage"])

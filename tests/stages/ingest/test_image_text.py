@@ -203,3 +203,41 @@ def _png(arr) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_truncated_png_and_split_tar_samples(tmp_path, chelsea):
+    png = _png(chelsea)
+    (tmp_path / "t.png").write_bytes(png[: len(png) // 2])
+    (tmp_path / "t.txt").write_text("half a png")
+    (row,) = ingest(str(tmp_path))
+    assert row["reject"]["reason"] in ("truncated", "corrupt")
+    img = jpeg(Image.fromarray(chelsea))
+    with tarfile.open(tmp_path / "split.tar", "w") as tf:
+        for name, data in (("a.jpg", img), ("b.jpg", img), ("a.txt", b"late caption"), ("b.txt", b"b")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    rows = ingest(str(tmp_path / "split.tar"))
+    assert len({r["sample_id"] for r in rows}) == len(rows) == 4
+    assert sorted(r["reject"]["reason"] for r in rows) == ["missing_caption", "missing_caption",
+                                                            "split_sample", "split_sample"]
+
+
+def test_bad_text_outside_the_caption_never_aborts_the_listing(tmp_path, chelsea):
+    (tmp_path / "a.jpg").write_bytes(jpeg(Image.fromarray(chelsea)))
+    (tmp_path / "m.csv").write_bytes(b"\xef\xbb\xbfpath,caption,author\na.jpg,a cat,M\xfcller\n")
+    (row,) = ingest(str(tmp_path / "m.csv"))
+    assert row["reject"] is None and row["author"] == "M\ufffdller"  # BOM skipped, bad byte replaced
+    (tmp_path / "m.jsonl").write_text('{"path": "a.jpg", "caption": "lone \\ud83d surrogate"}\n')
+    (row,) = ingest(str(tmp_path / "m.jsonl"))
+    assert row["caption"] == "lone \ufffd\ufffd\ufffd surrogate"
+
+
+def test_editing_a_caption_sidecar_changes_the_listing(tmp_path, chelsea):
+    (tmp_path / "a.jpg").write_bytes(jpeg(Image.fromarray(chelsea)))
+    (tmp_path / "a.txt").write_text("old caption")
+    stage = IngestImageText(source=str(tmp_path))
+    before = next(stage.list_inputs()).column("_source_stat").to_pylist()
+    (tmp_path / "a.txt").write_text("a new, longer caption")
+    after = next(stage.list_inputs()).column("_source_stat").to_pylist()
+    assert before != after

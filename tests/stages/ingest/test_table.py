@@ -1,0 +1,33 @@
+"""ingest_table: rows of a file, identity assigned where missing, bad ids refused clearly."""
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from stages.ingest.sources import SourceError
+from stages.ingest.table import IngestTable
+
+
+def _list(path, **kw):
+    return pa.concat_tables(list(IngestTable(source=str(path), **kw).list_inputs()))
+
+
+def test_identity_added_and_columns_kept(tmp_path):
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps({"text": f"t{i}", "x": i}) + "\n" for i in range(5)))
+    t = _list(tmp_path / "r.jsonl")
+    assert t.column("ordinal").to_pylist() == [0, 1, 2, 3, 4]
+    assert len(set(t.column("sample_id").to_pylist())) == 5 and t.column("x").to_pylist() == [0, 1, 2, 3, 4]
+    assert _list(tmp_path / "r.jsonl").column("sample_id") == t.column("sample_id")  # stable across runs
+    assert next(IngestTable(source=str(tmp_path / "r.jsonl")).list_inputs(limit=2)).num_rows == 2
+
+
+def test_given_sample_ids_are_checked(tmp_path):
+    pq.write_table(pa.table({"sample_id": [1, 2]}), tmp_path / "ints.parquet")
+    with pytest.raises(SourceError, match="must hold strings"):
+        _list(tmp_path / "ints.parquet")
+    pq.write_table(pa.table({"sample_id": ["a.b"]}), tmp_path / "dots.parquet")
+    with pytest.raises(SourceError, match="contains a dot"):
+        _list(tmp_path / "dots.parquet")
+    with pytest.raises(SourceError, match="file not found"):
+        _list(tmp_path / "none.parquet")
