@@ -216,6 +216,20 @@ def _read_parts(batch: pa.Table) -> pa.Table:
     return pa.concat_tables(tables, promote_options="permissive")
 
 
+TASK_MAX_RETRIES = 64  # each crash of a poisoned row costs at most two attempts (see StageCall)
+
+
+def _run_part(part: str, calls: list[StageCall], writer: "SegmentWriter") -> dict[str, Any]:
+    """One part through a chain of stateless stages, batch by batch, then written."""
+    table = _read_parts(pa.table({"part": [part]}))
+    rows = table.num_rows
+    for call in calls:
+        size = call.stage.resources.batch_size
+        table = pa.concat_tables([call(table.slice(i, size)) for i in range(0, table.num_rows, size)],
+                                 promote_options="permissive")
+    return {**writer(table).to_pylist()[0], "rows": rows}
+
+
 # -- the runner ---------------------------------------------------------------
 @dataclass
 class RunContext:
@@ -339,25 +353,29 @@ class Runner:
         fs.makedirs(tmp_k)
         fs.makedirs(tmp_r)
         self.log(f"[mmcurate] {seg.name}: running on {upstream['kept']} rows")
-        ds = self._read(upstream) if upstream["kept"] else None
         ctx = RunContext(rd, seg.name, upstream["kept"], upstream.get("kept_bytes", 0), tmp_k)
         kept, kept_bytes, counts, extra = 0, 0, Counter(), {}
+        writer = SegmentWriter(tmp_k, tmp_r, self.thumbnails)
         if seg.kind == "sink":
-            extra = seg.stages[0].write(ds, ctx) or {}
+            extra = seg.stages[0].write(self._read(upstream) if upstream["kept"] else None, ctx) or {}
             kept = extra.get("samples", upstream["kept"])
             kept_bytes = upstream.get("kept_bytes", 0)
             if kept != upstream["kept"]:
                 raise RuntimeError(f"{seg.name}: wrote {kept} samples of {upstream['kept']}")
-        elif ds is not None:
-            if seg.kind == "global":
-                ds = seg.stages[0].run_global(ds, ctx)
+        elif upstream["kept"]:
+            journal = fs.join(rd.journal, seg.name)
+            fs.delete(journal)  # markers of an earlier, interrupted attempt are not crashes of this one
+            if seg.kind == "row" and not any(s.stateful for s in seg.stages):
+                stats = self._run_as_tasks(seg, upstream, journal, writer)
             else:
-                journal = fs.join(rd.journal, seg.name)
-                fs.delete(journal)  # markers of an earlier, interrupted attempt are not crashes of this one
-                for stage in seg.stages:
-                    ds = self._map_stage(ds, stage, journal)
-            writer = SegmentWriter(tmp_k, tmp_r, self.thumbnails)
-            for row in ds.map_batches(writer, batch_size=None, batch_format="pyarrow").iter_rows():
+                ds = self._read(upstream)
+                if seg.kind == "global":
+                    ds = seg.stages[0].run_global(ds, ctx)
+                else:
+                    for stage in seg.stages:
+                        ds = self._map_stage(ds, stage, journal)
+                stats = ds.map_batches(writer, batch_size=None, batch_format="pyarrow").iter_rows()
+            for row in stats:
                 kept += row["kept"]
                 kept_bytes += row["kept_bytes"]
                 counts.update(json.loads(row["rejects"]))
@@ -372,6 +390,31 @@ class Runner:
         self.log(f"[mmcurate] {seg.name}: committed: {kept} kept, {rejected} rejected "
                  f"in {info['seconds']:.1f}s")
         return info
+
+    def _run_as_tasks(self, seg: Segment, upstream: dict[str, Any], journal: str, writer: "SegmentWriter"):
+        """Stateless row stages: one Ray task per committed part runs the whole chain.
+
+        Measured on 2 cores (2,000 images): 2.3 s, where Ray Data's streaming
+        executor took 4.1 s fused and 5-6 s as one operator per stage; Ray Data
+        stays for actor pools and shuffles. Retries are Ray's; the crash journal
+        makes each retry progress, so the bound only stops a part that cannot
+        even be read.
+        """
+        import ray
+        from tqdm import tqdm
+
+        parts = [i.path for i in fs.list_files(upstream["dir"]) if i.path.endswith(".parquet")]
+        calls = [StageCall(s, journal, s.fingerprint()) for s in seg.stages]
+        task = ray.remote(_run_part).options(num_cpus=max(s.resources.num_cpus for s in seg.stages),
+                                             max_retries=TASK_MAX_RETRIES)
+        base = upstream["dir"]
+        pending = [task.remote(fs.join(base, p.rsplit("/", 1)[1]), calls, writer) for p in parts]
+        with tqdm(total=upstream["kept"], desc=seg.name, unit=" rows", file=sys.stderr, disable=None) as bar:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                row = ray.get(done[0])
+                bar.update(row["rows"])
+                yield row
 
     def _read(self, upstream: dict[str, Any]):
         import ray

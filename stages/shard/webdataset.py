@@ -166,7 +166,13 @@ class ShardWebDataset(Stage):
             def write_shard(group: pa.Table) -> pa.Table:
                 return writer(group)
 
-            buckets = ds.groupby(BUCKET, num_partitions=n).map_groups(write_shard, batch_format="pyarrow").take_all()
+            # A task-based sort shuffle: Ray's default hash shuffle starts aggregator
+            # actors, which took 5-7 s instead of 1.4-2.4 s for 2,000 images on 2 cores.
+            from ray.data.context import ShuffleStrategy
+
+            ds.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+            grouped = ds.groupby(BUCKET, num_partitions=n)
+            buckets = grouped.map_groups(write_shard, batch_format="pyarrow").take_all()
         shards = []
         filesystem, _ = fs.resolve(tmp)
         for i, b in enumerate(sorted(buckets, key=lambda b: b["bucket"])):
