@@ -178,14 +178,18 @@ def main() -> None:
         t0 = time.perf_counter()
         plain_pipeline(manifest, tmp, a.per_shard)
         plain = time.perf_counter() - t0
-    out = os.path.join(HERE, "_data", "run")
-    shutil.rmtree(out, ignore_errors=True)
-    init, ray_s, summary = ray_pipeline(manifest, out, a.per_shard, a.cpus)
-    audit = ledger.audit(out)
-    seg = {s["segment"]: s["seconds"] for s in summary["segments"]}
-    print(f"2. whole job, embedded Ray with {a.cpus} CPUs: {ray_s:.1f}s ({n / ray_s:.1f} img/s; Ray start "
-          f"{init:.1f}s not included; segments {seg}) vs plain loop {plain:.1f}s ({n / plain:.1f} img/s): "
-          f"ratio {plain / ray_s:.2f} (goal >= 1.6); audit ok={audit['ok']}")
+    runs = []
+    for attempt in ("cold", "warm"):  # cold: the first job after ray.init starts the worker processes
+        out = os.path.join(HERE, "_data", f"run-{attempt}")
+        shutil.rmtree(out, ignore_errors=True)
+        init, ray_s, summary = ray_pipeline(manifest, out, a.per_shard, a.cpus)
+        runs.append((attempt, init, ray_s, summary, ledger.audit(out)["ok"]))
+    for attempt, init, ray_s, summary, ok in runs:
+        seg = {s["segment"]: s["seconds"] for s in summary["segments"]}
+        print(f"2. whole job ({attempt}), embedded Ray with {a.cpus} CPUs: {ray_s:.2f}s ({n / ray_s:.0f} img/s; "
+              f"segments {seg}) vs plain single-process loop {plain:.2f}s ({n / plain:.0f} img/s): "
+              f"ratio {plain / ray_s:.2f} (goal >= 1.6); audit ok={ok}")
+    print(f"   (ray.init took {runs[0][1]:.1f}s, not included)")
 
     simd_ms = resize_timing(sys.executable)
     pil_ms = resize_timing(pillow_venv())
@@ -193,8 +197,12 @@ def main() -> None:
           f"{pil_ms:.2f} ms: {pil_ms / simd_ms:.1f}x faster")
 
     kept = table.filter(pa.compute.is_null(table.column("reject"))).drop_columns(["reject"])
-    with tempfile.TemporaryDirectory() as tmp:
-        shard_s, copy_s, nbytes, copied = shard_write(kept, tmp)
+    best = []
+    for _ in range(3):  # best of three for both: the first pass also warms the page cache
+        with tempfile.TemporaryDirectory() as tmp:
+            best.append(shard_write(kept, tmp))
+    shard_s, copy_s = min(b[0] for b in best), min(b[1] for b in best)
+    nbytes, copied = best[0][2], best[0][3]
     shard_rate, copy_rate = nbytes / 1e6 / shard_s, copied / 1e6 / copy_s
     print(f"4. shard write: {shard_rate:.0f} MB/s ({nbytes / 1e6:.1f} MB of tar) vs plain copy of the image "
           f"bytes {copy_rate:.0f} MB/s: ratio {shard_rate / copy_rate:.2f}")
