@@ -107,6 +107,11 @@ def replace_dir(src: str, dst: str) -> None:
         fs.move(spath, dpath)
 
 
+def read_parquet(uri: str) -> pa.Table:
+    filesystem, path = resolve(uri)
+    return pq.read_table(path, filesystem=filesystem)
+
+
 def read_parquet_dir(uri: str, columns: list[str] | None = None) -> pa.Table | None:
     """All parquet parts of a directory as one table (None when there are none)."""
     files = [i.path for i in list_files(uri) if i.path.endswith(".parquet")]

@@ -206,14 +206,13 @@ class SegmentWriter:
         return pa.table({"kept": [kept_n], "kept_bytes": [kept_bytes], "rejects": [json.dumps(counts)]})
 
 
-def _read_parts(batch: pa.Table) -> pa.Table:
-    import pyarrow.parquet as pq
+def _parts(segment_dir: str) -> list[str]:
+    return [fs.join(segment_dir, i.path.rsplit("/", 1)[1]) for i in fs.list_files(segment_dir)
+            if i.path.endswith(".parquet")]
 
-    tables = []
-    for uri in batch.column("part").to_pylist():
-        filesystem, path = fs.resolve(uri)
-        tables.append(pq.read_table(path, filesystem=filesystem))
-    return pa.concat_tables(tables, promote_options="permissive")
+
+def _read_parts(batch: pa.Table) -> pa.Table:
+    return pa.concat_tables([fs.read_parquet(u) for u in batch.column("part").to_pylist()], promote_options="permissive")
 
 
 TASK_MAX_RETRIES = 64  # each crash of a poisoned row costs at most two attempts (see StageCall)
@@ -221,7 +220,7 @@ TASK_MAX_RETRIES = 64  # each crash of a poisoned row costs at most two attempts
 
 def _run_part(part: str, calls: list[StageCall], writer: "SegmentWriter") -> dict[str, Any]:
     """One part through a chain of stateless stages, batch by batch, then written."""
-    table = _read_parts(pa.table({"part": [part]}))
+    table = fs.read_parquet(part)
     rows = table.num_rows
     for call in calls:
         size = call.stage.resources.batch_size
@@ -240,7 +239,7 @@ class RunContext:
     upstream_kept: int
     upstream_bytes: int
     tmp_dir: str
-    extra: dict = field(default_factory=dict)
+    parts: list[str] = field(default_factory=list)  # the upstream segment's parquet parts
 
 
 class Runner:
@@ -353,11 +352,12 @@ class Runner:
         fs.makedirs(tmp_k)
         fs.makedirs(tmp_r)
         self.log(f"[mmcurate] {seg.name}: running on {upstream['kept']} rows")
-        ctx = RunContext(rd, seg.name, upstream["kept"], upstream.get("kept_bytes", 0), tmp_k)
+        ctx = RunContext(rd, seg.name, upstream["kept"], upstream.get("kept_bytes", 0), tmp_k,
+                         _parts(upstream["dir"]))
         kept, kept_bytes, counts, extra = 0, 0, Counter(), {}
         writer = SegmentWriter(tmp_k, tmp_r, self.thumbnails)
         if seg.kind == "sink":
-            extra = seg.stages[0].write(self._read(upstream) if upstream["kept"] else None, ctx) or {}
+            extra = seg.stages[0].write(self._read(ctx.parts) if upstream["kept"] else None, ctx) or {}
             kept = extra.get("samples", upstream["kept"])
             kept_bytes = upstream.get("kept_bytes", 0)
             if kept != upstream["kept"]:
@@ -366,9 +366,9 @@ class Runner:
             journal = fs.join(rd.journal, seg.name)
             fs.delete(journal)  # markers of an earlier, interrupted attempt are not crashes of this one
             if seg.kind == "row" and not any(s.stateful for s in seg.stages):
-                stats = self._run_as_tasks(seg, upstream, journal, writer)
+                stats = self._run_as_tasks(seg, ctx, journal, writer)
             else:
-                ds = self._read(upstream)
+                ds = self._read(ctx.parts)
                 if seg.kind == "global":
                     ds = seg.stages[0].run_global(ds, ctx)
                 else:
@@ -391,7 +391,7 @@ class Runner:
                  f"in {info['seconds']:.1f}s")
         return info
 
-    def _run_as_tasks(self, seg: Segment, upstream: dict[str, Any], journal: str, writer: "SegmentWriter"):
+    def _run_as_tasks(self, seg: Segment, ctx: RunContext, journal: str, writer: "SegmentWriter"):
         """Stateless row stages: one Ray task per committed part runs the whole chain.
 
         Measured on 2 cores (2,000 images): 2.3 s, where Ray Data's streaming
@@ -403,30 +403,26 @@ class Runner:
         import ray
         from tqdm import tqdm
 
-        parts = [i.path for i in fs.list_files(upstream["dir"]) if i.path.endswith(".parquet")]
         calls = [StageCall(s, journal, s.fingerprint()) for s in seg.stages]
         task = ray.remote(_run_part).options(num_cpus=max(s.resources.num_cpus for s in seg.stages),
                                              max_retries=TASK_MAX_RETRIES)
-        base = upstream["dir"]
-        pending = [task.remote(fs.join(base, p.rsplit("/", 1)[1]), calls, writer) for p in parts]
-        with tqdm(total=upstream["kept"], desc=seg.name, unit=" rows", file=sys.stderr, disable=None) as bar:
+        pending = [task.remote(part, calls, writer) for part in ctx.parts]
+        with tqdm(total=ctx.upstream_kept, desc=seg.name, unit=" rows", file=sys.stderr, disable=None) as bar:
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
                 row = ray.get(done[0])
                 bar.update(row["rows"])
                 yield row
 
-    def _read(self, upstream: dict[str, Any]):
+    @staticmethod
+    def _read(parts: list[str]):
+        """The parts as a Ray Dataset with one block per part: read_parquet would merge
+        small parts into one block and leave all but one worker idle. The read keeps
+        its own small CPU request so that Ray does not fuse it with the next step,
+        which would bundle the list of parts itself into batches of batch_size."""
         import ray
 
-        # One block per committed part: read_parquet would merge small parts into
-        # one block and leave all but one worker idle. The read keeps its own
-        # (small) CPU request so that Ray does not fuse it with the first stage,
-        # which would bundle the part list itself into batches of batch_size.
-        parts = [i.path for i in fs.list_files(upstream["dir"]) if i.path.endswith(".parquet")]
-        filesystem, _ = fs.resolve(upstream["dir"])
-        items = ray.data.from_items([{"part": fs.join(upstream["dir"], p.rsplit("/", 1)[1])} for p in parts],
-                                    override_num_blocks=len(parts))
+        items = ray.data.from_items([{"part": p} for p in parts], override_num_blocks=max(1, len(parts)))
         return items.map_batches(_read_parts, batch_size=1, batch_format="pyarrow", num_cpus=0.25)
 
     @staticmethod

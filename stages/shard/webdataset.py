@@ -144,6 +144,34 @@ class _ShardWriter:
                          "members": [json.dumps(counts, sort_keys=True)]})
 
 
+def _split_part(part: str, shards: int) -> list[pa.Table]:
+    """Map side: one upstream part cut into its hash slices."""
+    table = _Bucketer(shards)(fs.read_parquet(part))
+    bucket = table.column(BUCKET)
+    return [table.filter(pc.equal(bucket, b)) for b in range(shards)]
+
+
+def _write_slice(tmp: str, *pieces: pa.Table) -> dict[str, Any] | None:
+    """Reduce side: every part's piece of one hash slice, written as one shard."""
+    group = pa.concat_tables(pieces, promote_options="permissive")
+    return _ShardWriter(tmp)(group).to_pylist()[0] if group.num_rows else None
+
+
+def _shuffle_and_write(parts: list[str], shards: int, tmp: str) -> list[dict[str, Any]]:
+    """A shuffle by hash slice on Ray tasks: each part is split once (parts x shards
+    objects, as Ray Data's pull-based sort shuffle makes too), then one task per slice
+    writes its shard. On 2 cores this took a third of the time of Ray Data's groupby."""
+    import ray
+
+    split = ray.remote(_split_part).options(num_returns=shards)
+    write = ray.remote(_write_slice)
+    pieces = [split.remote(p, shards) for p in parts]
+    if shards == 1:
+        pieces = [[ref] for ref in pieces]
+    results = ray.get([write.remote(tmp, *(piece[b] for piece in pieces)) for b in range(shards)])
+    return [r for r in results if r is not None]
+
+
 class ShardWebDataset(Stage):
     name = "shard_webdataset"
     kind = "sink"
@@ -158,21 +186,8 @@ class ShardWebDataset(Stage):
         tmp = ctx.run.tmp_dir("shards", ctx.segment)
         fs.makedirs(tmp)
         buckets: list[dict[str, Any]] = []
-        if ds is not None and ctx.upstream_kept:
-            n = self.shard_count(ctx.upstream_kept, ctx.upstream_bytes)
-            ds = ds.map_batches(_Bucketer(n), batch_format="pyarrow", batch_size=self.resources.batch_size)
-            writer = _ShardWriter(tmp)
-
-            def write_shard(group: pa.Table) -> pa.Table:
-                return writer(group)
-
-            # A task-based sort shuffle: Ray's default hash shuffle starts aggregator
-            # actors, which took 5-7 s instead of 1.4-2.4 s for 2,000 images on 2 cores.
-            from ray.data.context import ShuffleStrategy
-
-            ds.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-            grouped = ds.groupby(BUCKET, num_partitions=n)
-            buckets = grouped.map_groups(write_shard, batch_format="pyarrow").take_all()
+        if ctx.parts and ctx.upstream_kept:
+            buckets = _shuffle_and_write(ctx.parts, self.shard_count(ctx.upstream_kept, ctx.upstream_bytes), tmp)
         shards = []
         filesystem, _ = fs.resolve(tmp)
         for i, b in enumerate(sorted(buckets, key=lambda b: b["bucket"])):
@@ -186,9 +201,11 @@ class ShardWebDataset(Stage):
                      "index": f"{name}.parquet"}
             fs.write_bytes(fs.join(tmp, f"{name}_stats.json"), json.dumps(stats, indent=1).encode())
             shards.append(entry)
+        total = sum(s["samples"] for s in shards)
+        if total != ctx.upstream_kept:  # never publish shards that lost or doubled samples
+            raise RuntimeError(f"{ctx.segment}: shards hold {total} samples, {ctx.upstream_kept} were given")
         # The manifest is written last: a shard directory with a manifest is complete.
         manifest = {"version": 1, "shards": shards}
         fs.write_bytes(fs.join(tmp, "manifest.json"), json.dumps(manifest, indent=1).encode())
         fs.replace_dir(tmp, ctx.run.shards)
-        total = sum(s["samples"] for s in shards)
         return {"samples": total, "shards": len(shards), "shard_dir": ctx.run.shards}
