@@ -30,7 +30,7 @@ from .job import Job
 from .rundir import RunDir
 from .stage import Stage
 
-LISTING_ROWS_PER_PART = 128  # small parts = enough blocks to keep every worker busy
+LISTING_ROWS_PER_PART = 256  # small parts = enough blocks to keep every worker busy
 
 
 # -- Ray -------------------------------------------------------------------

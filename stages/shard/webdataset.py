@@ -68,14 +68,26 @@ class _HashingWriter(io.RawIOBase):
         return len(b)
 
 
+def _ustar_header(name: bytes, size: int) -> bytes:
+    """A POSIX ustar header with fixed metadata (mode 0444, uid/gid 0, mtime 0): same
+    input, same bytes. Built directly: tarfile.TarInfo.tobuf cost half the write time."""
+    head = (name.ljust(100, b"\0") + b"0000444\0" + b"0000000\0" * 2 + b"%011o\0" % size
+            + b"00000000000\0")
+    tail = b"0" + b"\0" * 100 + b"ustar\x0000" + b"\0" * (32 + 32 + 8 + 8 + 155 + 12)
+    checksum = sum(head) + sum(tail) + 8 * 32  # the checksum field counts as eight spaces
+    return head + b"%06o\0 " % checksum + tail
+
+
 def _member(out: "_HashingWriter", name: str, data: bytes) -> None:
     """One tar member: header, data, padding to 512 bytes (what tarfile.addfile writes,
     without its per-10 KiB Python buffering)."""
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o444  # fixed metadata: same input, same bytes
-    # ustar headers are enough for our short ASCII names and cost a third of pax ones.
-    fmt = tarfile.USTAR_FORMAT if len(name) < tarfile.LENGTH_NAME and name.isascii() else tarfile.PAX_FORMAT
-    out.write(info.tobuf(fmt, "utf-8", "surrogateescape"))
+    raw = name.encode()
+    if len(raw) < 100 and len(data) < 8 ** 11:
+        out.write(_ustar_header(raw, len(data)))
+    else:  # long names and members of 8 GiB or more need a pax header
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), 0, 0o444
+        out.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
     out.write(data)
     if len(data) % tarfile.BLOCKSIZE:
         out.write(tarfile.NUL * (tarfile.BLOCKSIZE - len(data) % tarfile.BLOCKSIZE))

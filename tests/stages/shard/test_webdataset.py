@@ -81,3 +81,12 @@ def test_embeddings_become_npy_members_via_the_stage_command(ray_session, tmp_pa
     for i in range(30):
         assert found[f"text {i}"].dtype == np.float16
         np.testing.assert_array_equal(found[f"text {i}"], emb[i])
+
+
+def test_tar_headers_match_the_standard_library():
+    from stages.shard.webdataset import _ustar_header
+
+    for name, size in (("abc.jpg", 12345), ("k" * 99, 0), ("x.clip_image_emb.npy", 8 ** 11 - 1)):
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = size, 0, 0o444
+        assert _ustar_header(name.encode(), size) == info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
