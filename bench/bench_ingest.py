@@ -188,7 +188,7 @@ def main() -> None:
         init, ray_s, summary = ray_pipeline(manifest, out, a.per_shard, a.cpus)
         runs.append((attempt, init, ray_s, summary, ledger.audit(out)["ok"]))
     runs = [runs[0], min(runs[1:], key=lambda r: r[2])]  # cold, and the best warm run
-    for attempt, init, ray_s, summary, ok in runs:
+    for attempt, _init, ray_s, summary, ok in runs:
         seg = {s["segment"]: s["seconds"] for s in summary["segments"]}
         print(f"2. whole job ({attempt}), embedded Ray with {a.cpus} CPUs: {ray_s:.2f}s ({n / ray_s:.0f} img/s; "
               f"segments {seg}) vs plain single-process loop {plain:.2f}s ({n / plain:.0f} img/s): "

@@ -115,3 +115,10 @@ class Duplicate(Stage):
 
     def process(self, batch: pa.Table) -> pa.Table:
         return pa.concat_tables([batch.slice(0, 1), batch.slice(0, batch.num_rows - 1)])
+
+
+class ExitOnInActor(ExitOn):
+    """ExitOn as a stateful stage: the crash takes down an actor of the pool."""
+
+    name = "test_exit_on_in_actor"
+    resources = Resources(num_cpus=0.5, concurrency=1, batch_size=16)

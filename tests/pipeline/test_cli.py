@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 
-import pyarrow as pa
 import pytest
 
 from pipeline import cli, fs

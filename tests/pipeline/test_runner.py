@@ -10,14 +10,14 @@ import sys
 import tempfile
 import time
 
-import pyarrow as pa
+import pytest
 
 from pipeline import fs, ledger
 from pipeline.runner import Runner, plan
 from stages.ingest.image_text import IngestImageText
 from stages.shard.webdataset import ShardWebDataset
 from tests.conftest import ROOT
-from tests.pipeline.helpers import ExitOn, RaiseOn, RejectOdd, SlowPass, make_job
+from tests.pipeline.helpers import ExitOn, ExitOnInActor, RaiseOn, RejectOdd, SlowPass, make_job
 
 
 def _rejects(out: str) -> list[dict]:
@@ -68,10 +68,11 @@ def test_a_raising_batch_rejects_only_its_failing_rows(ray_session, demo_data, t
     assert ledger.audit(out)["ok"]
 
 
-def test_a_row_that_kills_its_worker_is_the_only_reject(ray_session, demo_data, tmp_path):
+@pytest.mark.parametrize("stage", [ExitOn, ExitOnInActor], ids=["task", "actor"])
+def test_a_row_that_kills_its_worker_is_the_only_reject(ray_session, demo_data, tmp_path, stage):
     manifest = _poison_manifest(demo_data, tmp_path, poisoned=1)
     out = str(tmp_path / "run")
-    summary = Runner(make_job(IngestImageText(source=manifest), ExitOn()), out, log=lambda *a: None).run()
+    summary = Runner(make_job(IngestImageText(source=manifest), stage()), out, log=lambda *a: None).run()
     (rejected,) = _rejects(out)
     assert rejected["reject_reason"] == "error:WorkerDied"
     assert "poison" in rejected["caption"]
