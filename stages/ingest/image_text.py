@@ -19,6 +19,7 @@ from schemas import IMAGE_TEXT
 
 from . import sources
 from .caption import CaptionRejected, normalize_caption
+from .download import DownloadError, Downloader, Policy
 from .image import ImageRejected, decode_resize_encode, thumbnail
 
 BATCH_ROWS = 1024
@@ -39,6 +40,7 @@ class IngestImageTextParams(Params):
     source_format: Literal["auto", "manifest", "directory", "webdataset"] = Field(
         "auto", description="how to read `source`; auto = by extension or folder")
     path_column: str = Field("path", description="manifest column with the image path (relative = to the manifest's folder)")
+    url_column: str = Field("url", description="manifest column with image URLs, used when there is no path column")
     caption_column: str = Field("caption", description="manifest column with the caption")
     resize: Literal["fit", "center_crop", "pad", "none"] = Field(
         "fit", description="fit = shrink into image_size (keeps aspect); center_crop/pad = exactly image_size square")
@@ -48,20 +50,41 @@ class IngestImageTextParams(Params):
     max_pixels: int = Field(89_478_485, ge=1, description="decompression-bomb cap on width*height (PIL's default)")
     invalid_utf8: Literal["repair", "reject"] = Field(
         "repair", description="captions with invalid UTF-8: repair with U+FFFD or reject")
+    # Downloads (URL lists). Defaults: img2dataset-like timeouts, bounded so that no URL stalls a run.
+    connect_timeout: float = Field(10.0, gt=0, le=300, description="seconds to connect, per attempt")
+    read_timeout: float = Field(30.0, gt=0, le=600, description="seconds of silence allowed while reading")
+    total_timeout: float = Field(60.0, gt=0, le=3600, description="seconds per attempt, connect to last byte")
+    retries: int = Field(2, ge=0, le=10, description="extra attempts on connection errors, 429 and 5xx (backoff with jitter, Retry-After honoured)")
+    max_bytes: int = Field(32 << 20, ge=1024, description="largest download, enforced while streaming")
+    max_redirects: int = Field(5, ge=0, le=30, description="redirect hops allowed (http/https only, each hop checked)")
+    allow_private_networks: bool = Field(False, description="allow loopback, private and link-local addresses (off: SSRF guard)")
+    respect_opt_out: bool = Field(True, description="reject as opted_out when X-Robots-Tag says noai/noimageai")
+    download_concurrency: int = Field(32, ge=1, le=1024, description="downloads in flight per worker")
+    per_host_concurrency: int = Field(4, ge=1, le=256, description="downloads in flight per host per worker")
+    per_host_rate: float = Field(0.0, ge=0, description="requests per second per host per worker; 0 = no limit")
 
 
 class IngestImageText(Stage):
     name = "ingest_image_text"
     Params = IngestImageTextParams
-    resources = Resources(num_cpus=1, batch_size=32)
+    resources = Resources(num_cpus=1, batch_size=64)
     thumbnails = {"image": thumbnail}
+
+    def setup(self) -> None:
+        p = self.params
+        self.downloader = Downloader(Policy(
+            connect_timeout=p.connect_timeout, read_timeout=p.read_timeout, total_timeout=p.total_timeout,
+            retries=p.retries, max_bytes=p.max_bytes, max_redirects=p.max_redirects,
+            allow_private_networks=p.allow_private_networks, respect_opt_out=p.respect_opt_out,
+            concurrency=p.download_concurrency, per_host_concurrency=p.per_host_concurrency,
+            per_host_rate=p.per_host_rate))
 
     # -- listing (driver) -----------------------------------------------------
     def _entries(self) -> Iterator[sources.Entry]:
         p = self.params
         fmt = sources.detect_format(p.source) if p.source_format == "auto" else p.source_format
         if fmt == "manifest":
-            return sources.list_manifest(p.source, p.path_column, p.caption_column)
+            return sources.list_manifest(p.source, p.path_column, p.caption_column, p.url_column)
         if fmt == "directory":
             return sources.list_directory(p.source, "image")
         return sources.list_tars(p.source, "image")
@@ -115,21 +138,28 @@ class IngestImageText(Stage):
     def process(self, batch: pa.Table) -> pa.Table:
         out: dict[str, list] = {f.name: [] for f in IMAGE_TEXT if f.name not in batch.column_names
                                 or f.name in ("caption", "content_sha256")}
+        rows = batch.to_pylist()
+        # URLs are fetched together (bounded concurrency); files are read one by one below.
+        urls = [i for i, r in enumerate(rows) if r["path"] and r["path"].startswith(("http://", "https://"))]
+        fetched = dict(zip(urls, self.downloader.fetch_many([rows[i]["path"] for i in urls]))) if urls else {}
         rejects = []
-        for row in batch.to_pylist():
+        for i, row in enumerate(rows):
             try:
-                values = self._load(row)
+                values = self._load(row, fetched.get(i))
                 rejects.append(None)
             except (ImageRejected, CaptionRejected) as e:
                 values = {}
                 rejects.append(ledger.reject(e.reason, f"{row['source_uri']}: {e.detail}"))
+            except DownloadError as e:
+                values = {}
+                rejects.append(ledger.reject(e.reason, e.detail))
             for k in out:
                 out[k].append(values.get(k))
         for k, vals in out.items():
             batch = ledger.set_column(batch, k, pa.array(vals, type=IMAGE_TEXT.field(k).type))
         return ledger.with_rejects(batch, rejects)
 
-    def _load(self, row: dict[str, Any]) -> dict[str, Any]:
+    def _load(self, row: dict[str, Any], fetched: bytes | DownloadError | None = None) -> dict[str, Any]:
         p = self.params
         caption_raw = row["_caption_raw"]
         if caption_raw is None and row["_caption_path"]:
@@ -138,15 +168,9 @@ class IngestImageText(Stage):
             except OSError as e:
                 raise CaptionRejected("unreadable_caption", f"{row['_caption_path']}: {e}") from None
         caption = normalize_caption(caption_raw, p.invalid_utf8)
-        try:
-            if row["_tar_offset"] is not None:
-                data = fs.read_range(row["path"], row["_tar_offset"], row["_tar_size"])
-            else:
-                data = fs.read_bytes(row["path"])
-        except FileNotFoundError:
-            raise ImageRejected("missing_file", "file not found") from None
-        except (IsADirectoryError, PermissionError, OSError) as e:
-            raise ImageRejected("unreadable_file", f"cannot read: {e}") from None
+        if isinstance(fetched, DownloadError):
+            raise fetched
+        data = fetched if fetched is not None else self._read(row)
         img = decode_resize_encode(data, policy=p.resize, size=p.image_size, fmt=p.encode_format,
                                    quality=p.quality, max_pixels=p.max_pixels)
         return {
@@ -162,6 +186,18 @@ class IngestImageText(Stage):
             "original_bytes": len(data),
             "original_format": img.original_format,
         }
+
+
+    @staticmethod
+    def _read(row: dict[str, Any]) -> bytes:
+        try:
+            if row["_tar_offset"] is not None:
+                return fs.read_range(row["path"], row["_tar_offset"], row["_tar_size"])
+            return fs.read_bytes(row["path"])
+        except FileNotFoundError:
+            raise ImageRejected("missing_file", "file not found") from None
+        except OSError as e:
+            raise ImageRejected("unreadable_file", f"cannot read: {e}") from None
 
 
 def _user_name(column: str) -> str:

@@ -144,7 +144,9 @@ def _manifest_rows(uri: str) -> Iterator[tuple[int, dict | None, str]]:
             yield n, row, ""
 
 
-def list_manifest(uri: str, path_column: str, caption_column: str) -> Iterator[Entry]:
+def list_manifest(uri: str, path_column: str, caption_column: str, url_column: str = "url") -> Iterator[Entry]:
+    """Rows of a manifest; the media is at `path_column`, or at `url_column` when the
+    manifest has no path column (a URL list)."""
     uri = _abs(uri)
     if not fs.exists(uri):
         raise SourceError(f"manifest {uri} does not exist")
@@ -155,9 +157,11 @@ def list_manifest(uri: str, path_column: str, caption_column: str) -> Iterator[E
             yield Entry(uri, str(n), reject=("bad_manifest_row", f"{uri}: {error}"))
             continue
         if not checked:
-            if path_column not in row:
-                raise SourceError(f"manifest {uri} has no column {path_column!r} (columns: {sorted(row)}); "
-                                  "set path_column")
+            if path_column not in row and url_column in row:
+                path_column = url_column
+            elif path_column not in row:
+                raise SourceError(f"manifest {uri} has no column {path_column!r} or {url_column!r} "
+                                  f"(columns: {sorted(row)}); set path_column or url_column")
             if caption_column not in row:
                 raise SourceError(f"manifest {uri} has no column {caption_column!r} (columns: {sorted(row)}); "
                                   "set caption_column")

@@ -99,3 +99,31 @@ def test_per_host_rate_limit(server):
     t0 = time.monotonic()
     dl.fetch_many([server.url("/img/good.jpg")] * 6)
     assert time.monotonic() - t0 >= 0.5 - 0.05  # 10/s: six requests need five gaps of 0.1 s
+
+
+def test_url_manifest_through_the_pipeline(ray_session, server, tmp_path):
+    """A URL list ingested on Ray: every hostile URL is a reject with its reason, the good ones are kept."""
+    import json
+
+    from pipeline import fs, ledger
+    from pipeline.runner import Runner
+    from stages.ingest.image_text import IngestImageText
+    from tests.pipeline.helpers import make_job
+
+    cases = {"/img/good.jpg": "kept", "/redirect": "kept", "/missing": "http_404", "/loop-a": "redirect_loop",
+             "/to-ftp": "redirect_scheme", "/slow-first-byte": "timeout", "/huge": "too_large",
+             "/html-as-jpeg": "not_an_image", "/noai": "opted_out"}
+    with open(tmp_path / "urls.jsonl", "w") as f:
+        for path in cases:
+            f.write(json.dumps({"url": server.url(path), "caption": f"case {path}", "case": path}) + "\n")
+    stage = IngestImageText(source=str(tmp_path / "urls.jsonl"), **{k: v for k, v in FAST.items() if k != "backoff"},
+                            image_size=64)
+    out = str(tmp_path / "run")
+    Runner(make_job(stage), out, log=lambda *a: None).run()
+    assert ledger.audit(out)["ok"]
+    got = {r["case"]: r["reject_reason"] for r in
+           fs.read_parquet_dir(f"{out}/rejects/01-ingest_image_text").to_pylist()}
+    kept = fs.read_parquet_dir(f"{out}/stages/01-ingest_image_text")
+    got.update({c: "kept" for c in kept.column("case").to_pylist()})
+    assert got == cases
+    assert all(u.startswith("http://127.0.0.1") for u in kept.column("source_uri").to_pylist())
