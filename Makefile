@@ -22,6 +22,7 @@ test: setup
 
 bench: setup
 	$(PY) bench/bench_ingest.py
+	$(PY) bench/bench_download.py
 
 clean:
 	rm -rf runs .venv .venv-pillow bench/_data

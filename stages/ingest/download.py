@@ -16,8 +16,9 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
+from typing import Iterator
 from urllib.parse import urljoin, urlsplit
 
 import urllib3
@@ -111,6 +112,14 @@ class Downloader:
 
     # -- many -------------------------------------------------------------------
     def fetch_many(self, urls: list[str]) -> list[bytes | DownloadError]:
+        out: list = [None] * len(urls)
+        for i, result in self.fetch_iter(urls):
+            out[i] = result
+        return out
+
+    def fetch_iter(self, urls: list[str]) -> Iterator[tuple[int, bytes | DownloadError]]:
+        """(index, bytes or DownloadError) as downloads finish, so that the caller can
+        decode one image while the others are still on the wire."""
         def one(url: str) -> bytes | DownloadError:
             try:
                 return self.fetch(url)
@@ -118,7 +127,9 @@ class Downloader:
                 return e
 
         with ThreadPoolExecutor(max_workers=max(1, min(self.policy.concurrency, len(urls)))) as pool:
-            return list(pool.map(one, urls))
+            futures = {pool.submit(one, u): i for i, u in enumerate(urls)}
+            for done in as_completed(futures):
+                yield futures[done], done.result()
 
     # -- one --------------------------------------------------------------------
     def fetch(self, url: str) -> bytes:

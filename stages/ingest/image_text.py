@@ -139,22 +139,26 @@ class IngestImageText(Stage):
         out: dict[str, list] = {f.name: [] for f in IMAGE_TEXT if f.name not in batch.column_names
                                 or f.name in ("caption", "content_sha256")}
         rows = batch.to_pylist()
-        # URLs are fetched together (bounded concurrency); files are read one by one below.
-        urls = [i for i, r in enumerate(rows) if r["path"] and r["path"].startswith(("http://", "https://"))]
-        fetched = dict(zip(urls, self.downloader.fetch_many([rows[i]["path"] for i in urls]))) if urls else {}
-        rejects = []
-        for i, row in enumerate(rows):
+        results: list[tuple[dict, dict | None]] = [({}, None)] * len(rows)
+
+        def settle(i: int, fetched: bytes | DownloadError | None = None) -> None:
             try:
-                values = self._load(row, fetched.get(i))
-                rejects.append(None)
+                results[i] = (self._load(rows[i], fetched), None)
             except (ImageRejected, CaptionRejected) as e:
-                values = {}
-                rejects.append(ledger.reject(e.reason, f"{row['source_uri']}: {e.detail}"))
+                results[i] = ({}, ledger.reject(e.reason, f"{rows[i]['source_uri']}: {e.detail}"))
             except DownloadError as e:
-                values = {}
-                rejects.append(ledger.reject(e.reason, e.detail))
+                results[i] = ({}, ledger.reject(e.reason, e.detail))
+
+        # URLs download concurrently and each is decoded as soon as it arrives; files are read in turn.
+        urls = [i for i, r in enumerate(rows) if r["path"] and r["path"].startswith(("http://", "https://"))]
+        for k, fetched in self.downloader.fetch_iter([rows[i]["path"] for i in urls]) if urls else ():
+            settle(urls[k], fetched)
+        for i in sorted(set(range(len(rows))) - set(urls)):
+            settle(i)
+        for values, _ in results:
             for k in out:
                 out[k].append(values.get(k))
+        rejects = [why for _, why in results]
         for k, vals in out.items():
             batch = ledger.set_column(batch, k, pa.array(vals, type=IMAGE_TEXT.field(k).type))
         return ledger.with_rejects(batch, rejects)
