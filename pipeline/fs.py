@@ -1,9 +1,16 @@
 """Filesystem access through pyarrow.fs, so local paths and s3:// share one code path.
 
-Every write is atomic: data goes to a temporary name and is renamed into place.
+Every write is atomic: a local file is written under a temporary name and renamed
+into place; an S3 object appears whole when its upload completes. S3 cannot rename
+a prefix, so publishing a directory there moves its files one by one, the files
+that mark completion (manifest.json, _SUCCESS) last.
+
+s3:// uses the standard AWS environment: credentials, AWS_REGION, and the endpoint
+in AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL (for MinIO, moto, other S3 services).
 """
 from __future__ import annotations
 
+import functools
 import io
 import os
 import uuid
@@ -13,11 +20,33 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 
+COMMIT_MARKERS = ("manifest.json", "_SUCCESS")  # published last
+
+
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """Filesystem and path for a local path or a URI."""
     if "://" not in uri:
         return pafs.LocalFileSystem(), os.path.abspath(uri)
+    if uri.startswith("s3://"):
+        return s3(), uri[len("s3://"):].rstrip("/")
     return pafs.FileSystem.from_uri(uri)
+
+
+@functools.lru_cache(maxsize=None)
+def s3() -> pafs.S3FileSystem:
+    """One S3 filesystem per process, configured from the AWS environment variables."""
+    options = {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        options["endpoint_override"] = endpoint
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        options["region"] = region
+    return pafs.S3FileSystem(**options)
+
+
+def is_local(uri: str) -> bool:
+    return "://" not in uri
 
 
 def join(base: str, *parts: str) -> str:
@@ -67,6 +96,10 @@ def _tmp_name(path: str) -> str:
 
 def write_bytes(uri: str, data: bytes) -> None:
     fs, path = resolve(uri)
+    if not is_local(uri):  # an object store shows an object only once it is whole
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+        return
     fs.create_dir(path.rpartition("/")[0], recursive=True)
     tmp = _tmp_name(path)
     with fs.open_output_stream(tmp) as f:
@@ -97,6 +130,16 @@ def replace_dir(src: str, dst: str) -> None:
     """Move directory src to dst, replacing what dst held."""
     fs, spath = resolve(src)
     _, dpath = resolve(dst)
+    if not is_local(src):
+        # No prefix rename on object stores: clear dst, move file by file, markers last.
+        delete(dst)
+        files = [i.path for i in fs.get_file_info(pafs.FileSelector(spath, recursive=True))
+                 if i.type == pafs.FileType.File]
+        files.sort(key=lambda f: (f.rsplit("/", 1)[-1] in COMMIT_MARKERS, f))
+        for f in files:
+            fs.move(f, dpath + f[len(spath):])
+        delete(src)
+        return
     fs.create_dir(dpath.rpartition("/")[0], recursive=True)
     if exists(dst):  # old aside, new in, old gone: dst is never missing
         old = _tmp_name(dpath)

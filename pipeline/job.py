@@ -29,12 +29,28 @@ class RaySpec(BaseModel):
     object_store_mb: int = Field(2048, ge=64, description="object store of the embedded Ray (MiB)")
 
 
+class StorageSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO, moto, ...); else AWS_ENDPOINT_URL_S3")
+    region: str | None = Field(None, description="S3 region; else AWS_REGION")
+
+    def apply(self) -> None:
+        """Into the environment, where pyarrow.fs and the Ray workers pick it up."""
+        import os
+
+        if self.endpoint_url:
+            os.environ["AWS_ENDPOINT_URL_S3"] = self.endpoint_url
+        if self.region:
+            os.environ["AWS_REGION"] = self.region
+
+
 @dataclass
 class Job:
     name: str
     stages: list[Stage]
     output: str | None = None
     ray: RaySpec = field(default_factory=RaySpec)
+    storage: StorageSpec = field(default_factory=StorageSpec)
     source: str = "<inline>"
 
     def to_dict(self) -> dict[str, Any]:
@@ -42,6 +58,7 @@ class Job:
             "name": self.name,
             "output": self.output,
             "ray": self.ray.model_dump(exclude_none=True),
+            "storage": self.storage.model_dump(exclude_none=True),
             "stages": [{s.name: s.params.model_dump(mode="json")} for s in self.stages],
         }
 
@@ -76,10 +93,10 @@ def build_stage(name: str, params: dict[str, Any] | None, where: str = "job") ->
 def parse_job(data: Any, source: str = "<inline>") -> Job:
     if not isinstance(data, dict):
         raise JobError(f"{source}: a job file is a mapping with 'name' and 'stages'")
-    unknown = set(data) - {"name", "output", "ray", "stages"}
+    unknown = set(data) - {"name", "output", "ray", "storage", "stages"}
     if unknown:
         raise JobError(f"{source}: unknown top-level key(s) {sorted(unknown)}; "
-                       "allowed: name, output, ray, stages")
+                       "allowed: name, output, ray, storage, stages")
     raw_stages = data.get("stages")
     if not isinstance(raw_stages, list) or not raw_stages:
         raise JobError(f"{source}: 'stages' must be a non-empty list of {{stage_name: {{params}}}}")
@@ -98,9 +115,13 @@ def parse_job(data: Any, source: str = "<inline>") -> Job:
         ray_spec = RaySpec(**(data.get("ray") or {}))
     except ValidationError as e:
         raise JobError(f"{source}: 'ray': {e}") from None
+    try:
+        storage = StorageSpec(**(data.get("storage") or {}))
+    except (ValidationError, TypeError) as e:
+        raise JobError(f"{source}: 'storage': {e}") from None
     _check_order(stages, source)
     return Job(name=str(data.get("name") or "job"), stages=stages, output=data.get("output"),
-               ray=ray_spec, source=source)
+               ray=ray_spec, storage=storage, source=source)
 
 
 def _check_order(stages: list[Stage], source: str) -> None:

@@ -30,7 +30,8 @@ from .job import Job
 from .rundir import RunDir
 from .stage import Stage
 
-LISTING_ROWS_PER_PART = 256  # small parts = enough blocks to keep every worker busy
+LISTING_ROWS_PER_PART = 256
+STORAGE_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")  # small parts = enough blocks to keep every worker busy
 
 
 # -- Ray -------------------------------------------------------------------
@@ -40,14 +41,18 @@ def connect_ray(address: str | None = None, num_cpus: int | None = None, object_
 
     if ray.is_initialized():
         return
+    # Workers read and write the same storage as the driver: hand them its S3 endpoint
+    # and region (credentials come from each node's own environment).
+    storage_env = {k: os.environ[k] for k in STORAGE_ENV if k in os.environ}
+    runtime_env = {"env_vars": storage_env} if storage_env else None
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
         return
     # Short path: Ray's socket names must fit in 107 bytes.
     tmp = tempfile.mkdtemp(prefix="mmcurate-ray-", dir=os.environ.get("MMCURATE_RAY_TMPDIR", "/tmp"))
     ray.init(num_cpus=num_cpus, _temp_dir=tmp, object_store_memory=object_store_mb << 20,
-             include_dashboard=False, configure_logging=True, logging_level="WARNING")
+             include_dashboard=False, configure_logging=True, logging_level="WARNING", runtime_env=runtime_env)
 
     def _stop() -> None:
         ray.shutdown()
@@ -253,6 +258,7 @@ class Runner:
 
     def run(self) -> dict[str, Any]:
         t0 = time.time()
+        self.job.storage.apply()
         rd = self.run_dir
         fs.makedirs(rd.root)
         rd.remove_stale([s.name for s in self.segments])

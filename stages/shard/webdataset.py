@@ -156,9 +156,11 @@ class _ShardWriter:
                          "members": [json.dumps(counts, sort_keys=True)]})
 
 
-def _split_part(part: str, shards: int) -> list[pa.Table]:
+def _split_part(part: str, shards: int) -> pa.Table | list[pa.Table]:
     """Map side: one upstream part cut into its hash slices."""
     table = _Bucketer(shards)(fs.read_parquet(part))
+    if shards == 1:  # Ray hands back a single return value as it is, not as a list
+        return table
     bucket = table.column(BUCKET)
     return [table.filter(pc.equal(bucket, b)) for b in range(shards)]
 
@@ -221,3 +223,17 @@ class ShardWebDataset(Stage):
         fs.write_bytes(fs.join(tmp, "manifest.json"), json.dumps(manifest, indent=1).encode())
         fs.replace_dir(tmp, ctx.run.shards)
         return {"samples": total, "shards": len(shards), "shard_dir": ctx.run.shards}
+
+
+def register_gopen() -> None:
+    """Let webdataset open s3:// (and other pyarrow.fs) URLs through pyarrow.fs, with the
+    same AWS environment as the pipeline: wds.WebDataset("s3://bucket/shards/x-{000000..000009}.tar")."""
+    import importlib
+
+    gopen = importlib.import_module("webdataset.gopen")  # the module; webdataset.gopen is also a function
+
+    def open_with_pyarrow(url: str, mode: str = "rb", bufsize: int = 8192, **kw):
+        filesystem, path = fs.resolve(url)
+        return filesystem.open_input_stream(path, buffer_size=1 << 20)
+
+    gopen.gopen_schemes["s3"] = open_with_pyarrow
