@@ -37,6 +37,7 @@ class _Handler(BaseHTTPRequestHandler):
         with srv.lock:
             srv.hits[path] = srv.hits.get(path, 0) + 1
             hits = srv.hits[path]
+            srv.user_agents.add(self.headers.get("User-Agent", ""))
         if srv.latency:
             time.sleep(srv.latency)
         good = srv.images.get("good.jpg", b"")
@@ -106,6 +107,7 @@ class HostileServer(ThreadingHTTPServer):
         self.images = images or {}
         self.latency, self.stall = latency, stall
         self.hits: dict[str, int] = {}
+        self.user_agents: set[str] = set()
         self.lock = threading.Lock()
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 

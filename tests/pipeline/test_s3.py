@@ -78,3 +78,40 @@ def test_inputs_and_run_directory_on_s3(ray_session, s3_bucket, demo_data, tmp_p
     _shards_read_back(f"{out}/shards", first["kept"], tmp_path)
     again = Runner(job, out, log=lambda *a: None).run()  # markers on S3 make the rerun a no-op
     assert [s["skipped"] for s in again["segments"]] == [True, True, True]
+
+
+def test_webdataset_tars_on_s3_as_input(s3_bucket, tmp_path):
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    from jobs.demo_data import jpeg, photos
+    from stages.ingest.image_text import IngestImageText
+
+    buf = io.BytesIO()
+    img = jpeg(Image.fromarray(photos()["coffee"]))
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for key in ("a", "b"):
+            for ext, data in (("jpg", img), ("txt", f"coffee {key}".encode())):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    fs.write_bytes(f"{s3_bucket}/tars/in-000.tar", buf.getvalue())
+    stage = IngestImageText(source=f"{s3_bucket}/tars/in-{{000..000}}.tar", image_size=64)
+    stage.ensure_setup()
+    (table,) = list(stage.list_inputs())
+    out = stage.process(table.drop_columns(["reject"])).to_pylist()
+    assert [r["caption"] for r in out] == ["coffee a", "coffee b"]
+    assert all(r["reject"] is None and r["width"] == 64 for r in out)  # read by byte range from S3
+
+
+def test_storage_settings_in_the_job_file(monkeypatch):
+    from pipeline.job import parse_job
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    job = parse_job({"name": "s", "storage": {"endpoint_url": "http://127.0.0.1:9", "region": "eu-west-1"},
+                     "stages": [{"ingest_image_text": {"source": "s3://b/m.jsonl"}}]})
+    monkeypatch.setenv("AWS_REGION", "us-east-1")  # restored after the test, as is the endpoint
+    job.storage.apply()
+    assert os.environ["AWS_ENDPOINT_URL_S3"] == "http://127.0.0.1:9" and os.environ["AWS_REGION"] == "eu-west-1"

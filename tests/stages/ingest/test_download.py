@@ -127,3 +127,10 @@ def test_url_manifest_through_the_pipeline(ray_session, server, tmp_path):
     got.update({c: "kept" for c in kept.column("case").to_pylist()})
     assert got == cases
     assert all(u.startswith("http://127.0.0.1") for u in kept.column("source_uri").to_pylist())
+
+
+def test_user_agent_names_mmcurate_and_its_version(server):
+    from pipeline import __version__
+
+    Downloader(Policy(**FAST)).fetch(server.url("/img/good.jpg"))
+    assert f"mmcurate/{__version__}" in " ".join(server.user_agents)
