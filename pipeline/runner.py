@@ -245,6 +245,7 @@ class RunContext:
     upstream_bytes: int
     tmp_dir: str
     parts: list[str] = field(default_factory=list)  # the upstream segment's parquet parts
+    writer: "SegmentWriter | None" = None  # for global stages that write their own output
 
 
 class Runner:
@@ -358,10 +359,10 @@ class Runner:
         fs.makedirs(tmp_k)
         fs.makedirs(tmp_r)
         self.log(f"[mmcurate] {seg.name}: running on {upstream['kept']} rows")
-        ctx = RunContext(rd, seg.name, upstream["kept"], upstream.get("kept_bytes", 0), tmp_k,
-                         _parts(upstream["dir"]))
-        kept, kept_bytes, counts, extra = 0, 0, Counter(), {}
         writer = SegmentWriter(tmp_k, tmp_r, self.thumbnails)
+        ctx = RunContext(rd, seg.name, upstream["kept"], upstream.get("kept_bytes", 0), tmp_k,
+                         _parts(upstream["dir"]), writer)
+        kept, kept_bytes, counts, extra = 0, 0, Counter(), {}
         if seg.kind == "sink":
             extra = seg.stages[0].write(self._read(ctx.parts) if upstream["kept"] else None, ctx) or {}
             kept = extra.get("samples", upstream["kept"])
@@ -380,7 +381,10 @@ class Runner:
                 else:
                     for stage in seg.stages:
                         ds = self._map_stage(ds, stage, journal)
-                stats = ds.map_batches(writer, batch_size=None, batch_format="pyarrow").iter_rows()
+                # A global stage either returns a dataset to write, or wrote through
+                # ctx.writer itself and returns the writer's counts.
+                stats = ds if isinstance(ds, list) else \
+                    ds.map_batches(writer, batch_size=None, batch_format="pyarrow").iter_rows()
             for row in stats:
                 kept += row["kept"]
                 kept_bytes += row["kept_bytes"]

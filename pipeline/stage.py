@@ -41,7 +41,8 @@ class Stage:
     """Base class. Subclasses set `name`, `Params`, `kind` and implement one method.
 
     kind "row":    process(batch) -> batch (row-wise; streams within a segment)
-    kind "global": run_global(dataset, ctx) -> dataset (sees the whole dataset)
+    kind "global": run_global(dataset, ctx) -> dataset to write, or the counts of what it
+                   wrote through ctx.writer (sees the whole dataset)
     kind "sink":   write(dataset, ctx) -> dict (ends the job, e.g. shards)
     A source stage (the first of a job) also implements list_inputs(), which
     yields the input rows with their identity assigned before any I/O.

@@ -1,0 +1,58 @@
+"""A hash-partitioned shuffle on Ray tasks, for global stages and the shard writer.
+
+Map: every committed part is read once and cut into n pieces by a partition id per
+row. Reduce: one task per partition gets every part's piece of it and does the
+work (find duplicates, write a shard). That is parts x n objects in the object
+store, as Ray Data's pull-based sort shuffle makes too; no process ever holds more
+than one partition. On 2 cores it took a third of the time of Ray Data's groupby.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import fs
+
+PARTITION = "_partition"
+
+
+def _split(part: str, n: int, assign: Callable[[pa.Table], np.ndarray]) -> pa.Table | list[pa.Table]:
+    table = fs.read_parquet(part)
+    ids = pa.array(assign(table), type=pa.int64())
+    table = table.append_column(PARTITION, ids)
+    if n == 1:  # Ray hands a single return value back as it is, not as a list
+        return table
+    return [table.filter(pc.equal(ids, p)) for p in range(n)]
+
+
+def _reduce(p: int, reduce: Callable[[int, pa.Table], Any], *pieces: pa.Table) -> Any:
+    table = pa.concat_tables(pieces, promote_options="permissive").drop_columns([PARTITION])
+    return reduce(p, table)
+
+
+def hash_partition(parts: list[str], n: int, assign: Callable[[pa.Table], np.ndarray],
+                   reduce: Callable[[int, pa.Table], Any], num_cpus: float = 1.0) -> list[Any]:
+    """reduce(partition, rows of that partition) for every partition, in partition order.
+
+    assign(table) gives each row its partition id in [0, n). Empty partitions are
+    reduced too (with an empty table), so that callers see every partition.
+    """
+    import ray
+
+    split = ray.remote(_split).options(num_returns=n, num_cpus=num_cpus)
+    reducer = ray.remote(_reduce).options(num_cpus=num_cpus)
+    pieces = [split.remote(part, n, assign) for part in parts]
+    if n == 1:
+        pieces = [[ref] for ref in pieces]
+    return ray.get([reducer.remote(p, reduce, *(piece[p] for piece in pieces)) for p in range(n)])
+
+
+def partition_of(keys: pa.Array | pa.ChunkedArray, n: int) -> np.ndarray:
+    """A stable partition id in [0, n) for string keys (blake2b, not Python's salted hash)."""
+    import hashlib
+
+    return np.array([int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "big") % n
+                     if k is not None else 0 for k in keys.to_pylist()], dtype=np.int64)
