@@ -88,6 +88,16 @@ class _Handler(BaseHTTPRequestHandler):
                 block = b"\xff\xd8\xff" + bytes(1 << 20)
                 for _ in range(2048):
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(block), block))
+            elif path == "/drip-headers":  # the status line, then a header byte every half second
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                for _ in range(int(srv.stall * 2) + 10):
+                    self.wfile.write(b"a")
+                    self.wfile.flush()
+                    time.sleep(0.5)
+            elif path == "/bad-location":
+                self._redirect("http://[::1/broken")
+            elif path == "/weird-retry":
+                self._send(503, b"busy", "text/plain", {"Retry-After": "\u00b2"})
             elif path == "/html-as-jpeg":
                 self._send(200, HTML, "image/jpeg")
             elif path == "/noai":

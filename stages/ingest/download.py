@@ -10,6 +10,7 @@ with the original host name for the Host header, SNI and certificate checks.
 from __future__ import annotations
 
 import email.utils
+import http.client
 import ipaddress
 import random
 import socket
@@ -17,11 +18,13 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Iterator
 from urllib.parse import urljoin, urlsplit
 
 import urllib3
+import urllib3.connection
 
 from pipeline import __version__
 
@@ -33,6 +36,8 @@ MAGIC = (
     (b"BM", "bmp"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"),
 )
 OPT_OUT = {"noai", "noimageai"}  # X-Robots-Tag directives img2dataset honours
+RETRY_STATUS = (429, 500, 502, 503, 504)  # worth another try; 501, 505, 511 are not
+RETRYABLE = {"connection_error"} | {f"http_{s}" for s in RETRY_STATUS}
 
 
 class DownloadError(Exception):
@@ -70,12 +75,42 @@ def image_kind(data: bytes) -> str | None:
     return None
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
 def blocked(ip: str) -> bool:
-    """Loopback, private, link-local (cloud metadata), shared, reserved or multicast."""
+    """Loopback, private, link-local (cloud metadata), shared, reserved, multicast or
+    site-local, also when an IPv4 address hides inside IPv6 (mapped, 6to4, Teredo, NAT64)."""
     addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
-    return not addr.is_global or addr.is_multicast
+    inner: list[ipaddress._BaseAddress] = [addr]
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.is_site_local:
+            return True
+        if addr.ipv4_mapped:
+            inner.append(addr.ipv4_mapped)
+        if addr.sixtofour:
+            inner.append(addr.sixtofour)
+        if addr.teredo:
+            inner.extend(addr.teredo)
+        if addr in _NAT64 or (addr in _IPV4_COMPATIBLE and int(addr) > 1):
+            inner.append(ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF))
+    return any(not a.is_global or a.is_multicast for a in inner)
+
+
+def opted_out(values: list[str]) -> bool:
+    """X-Robots-Tag noai/noimageai, for all agents or for mmcurate ("otherbot: noai" is not for us)."""
+    for value in values:
+        agent = None
+        for token in value.split(","):
+            token = token.strip().lower()
+            head, sep, rest = token.partition(":")
+            if sep and head.strip() not in ("unavailable_after", "max-snippet", "max-image-preview",
+                                            "max-video-preview"):
+                agent, token = head.strip(), rest.strip()
+            if token in OPT_OUT and agent in (None, "*", "mmcurate"):
+                return True
+    return False
 
 
 class _HostGate:
@@ -101,14 +136,44 @@ class _HostGate:
         self.slots.release()
 
 
+class _Watchdog:
+    """Cuts a connection at the attempt's deadline, whatever it is blocked in
+    (headers sent a byte at a time, a chunk-size line that never ends, a TLS handshake)."""
+
+    def __init__(self, conn, seconds: float):
+        self.conn, self.fired = conn, False
+        self.timer = threading.Timer(max(0.0, seconds), self._fire)
+        self.timer.daemon = True
+
+    def _fire(self) -> None:
+        self.fired = True
+        sock = getattr(self.conn, "sock", None)
+        try:
+            if sock is not None:
+                sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def __enter__(self):
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.timer.cancel()
+
+
 class Downloader:
-    """fetch(url) -> bytes, or DownloadError. Thread-safe; fetch_many runs them concurrently."""
+    """fetch(url) -> bytes, or DownloadError. Thread-safe; fetch_many runs them concurrently.
+
+    One connection per request: every request's socket is watched by its deadline,
+    and a worker that meets millions of hosts keeps no pools of idle sockets.
+    """
 
     def __init__(self, policy: Policy | None = None):
         self.policy = policy or Policy()
-        self._pools: OrderedDict = OrderedDict()
-        self._gates: dict[str, _HostGate] = {}
+        self._gates: OrderedDict[str, _HostGate] = OrderedDict()
         self._lock = threading.Lock()
+        self._dns = ThreadPoolExecutor(max_workers=8, thread_name_prefix="mmcurate-dns")
 
     # -- many -------------------------------------------------------------------
     def fetch_many(self, urls: list[str]) -> list[bytes | DownloadError]:
@@ -125,6 +190,8 @@ class Downloader:
                 return self.fetch(url)
             except DownloadError as e:
                 return e
+            except Exception as e:  # noqa: BLE001 - one odd URL must stay one reject
+                return DownloadError("download_failed", f"{url}: {type(e).__name__}: {e}")
 
         with ThreadPoolExecutor(max_workers=max(1, min(self.policy.concurrency, len(urls)))) as pool:
             futures = {pool.submit(one, u): i for i, u in enumerate(urls)}
@@ -138,8 +205,7 @@ class Downloader:
             try:
                 return self._attempt(url)
             except DownloadError as e:
-                retryable = e.reason in ("connection_error", "http_429") or e.reason.startswith("http_5")
-                if not retryable or attempt == p.retries:
+                if e.reason not in RETRYABLE or attempt == p.retries:
                     raise
                 if e.retry_after is not None and e.retry_after > p.max_retry_after:
                     raise DownloadError(e.reason, f"{e.detail}; Retry-After {e.retry_after:.0f}s is too long") from None
@@ -149,93 +215,84 @@ class Downloader:
 
     def _attempt(self, url: str) -> bytes:
         p = self.policy
-        deadline = time.monotonic() + p.total_timeout
         seen, first_url = {url}, url
+        deadline = None  # starts once the host lets us in: waiting for a slot is not the server's time
         for hop in range(p.max_redirects + 1):
             try:
-                resp = self._request(url, deadline, first=hop == 0)
+                target = _Target.parse(url, first=hop == 0)
+                with self._gate(target.host):
+                    deadline = deadline or time.monotonic() + p.total_timeout
+                    status, headers, data = self._exchange(target, deadline)
             except DownloadError as e:
                 if hop:  # name the URL the user gave, not only the hop that failed
                     e.detail = f"{first_url} redirected: {e.detail}"
                 raise
-            if resp.status in REDIRECTS:
-                location = resp.headers.get("Location")
-                _discard(resp)
+            if status in REDIRECTS:
+                location = headers.get("Location")
                 if not location:
-                    raise DownloadError("bad_redirect", f"{url}: HTTP {resp.status} without a Location")
-                url = urljoin(url, location)
+                    raise DownloadError("bad_redirect", f"{url}: HTTP {status} without a Location")
+                try:
+                    url = urljoin(url, location)
+                except ValueError as e:
+                    raise DownloadError("bad_redirect", f"{url}: bad Location {location!r}: {e}") from None
                 if url in seen:
                     raise DownloadError("redirect_loop", f"{first_url}: redirect loop back to {url}")
                 seen.add(url)
                 continue
-            try:
-                data = self._body(url, resp, deadline)
-            except DownloadError:
-                _discard(resp)  # a half-read body must not go back into the pool
-                raise
-            resp.release_conn()
             return data
         raise DownloadError("too_many_redirects", f"{first_url}: more than {p.max_redirects} redirects, last to {url}")
 
-    def _request(self, url: str, deadline: float, first: bool):
+    def _exchange(self, t: "_Target", deadline: float) -> tuple[int, dict, bytes | None]:
+        """One request to one vetted address: (status, headers, body or None for a redirect)."""
         p = self.policy
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError as e:
-            raise DownloadError("bad_url", f"{url!r}: {e}") from None
-        if parts.scheme not in ("http", "https"):
-            reason = "unsupported_scheme" if first else "redirect_scheme"
-            raise DownloadError(reason, f"{url}: scheme {parts.scheme!r} is not http or https")
-        host = parts.hostname
-        if not host:
-            raise DownloadError("bad_url", f"{url!r}: no host")
-        port = port or (443 if parts.scheme == "https" else 80)
-        ip = self._resolve(host, port, url)
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise DownloadError("timeout", f"{url}: total timeout {p.total_timeout}s")
-        timeout = urllib3.Timeout(connect=min(p.connect_timeout, remaining), read=min(p.read_timeout, remaining))
-        host_header = host if parts.port is None else f"{host}:{parts.port}"
-        try:
-            with self._gate(host):
-                resp = self._pool(parts.scheme, ip, port, host).urlopen(
-                    "GET", path, headers={"Host": host_header, "User-Agent": p.user_agent, "Accept": "image/*,*/*;q=0.5"},
-                    redirect=False, retries=False, preload_content=False, timeout=timeout, assert_same_host=False)
-        except urllib3.exceptions.ConnectTimeoutError as e:
-            raise DownloadError("connection_error", f"{url}: connect timeout: {e}") from None
-        except (urllib3.exceptions.ReadTimeoutError, TimeoutError, socket.timeout):
-            raise DownloadError("timeout", f"{url}: no response within {timeout.read_timeout:.1f}s") from None
-        except urllib3.exceptions.SSLError as e:
-            raise DownloadError("tls_error", f"{url}: {e}") from None
-        except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise DownloadError("connection_error", f"{url}: {type(e).__name__}: {e}") from None
-        if resp.status in REDIRECTS:
-            return resp
-        if p.respect_opt_out:
-            tags = ",".join(resp.headers.getlist("X-Robots-Tag")).lower().replace(":", ",").replace(" ", ",")
-            if OPT_OUT & set(tags.split(",")):
-                _discard(resp)
-                raise DownloadError("opted_out", f"{url}: X-Robots-Tag {resp.headers.get('X-Robots-Tag')!r}")
-        if resp.status == 429 or resp.status >= 500:
-            retry_after = _retry_after(resp.headers.get("Retry-After"))
-            _discard(resp)
-            raise DownloadError(f"http_{resp.status}", f"{url}: HTTP {resp.status}", retry_after)
-        if resp.status != 200:
-            _discard(resp)
-            raise DownloadError(f"http_{resp.status}", f"{url}: HTTP {resp.status}")
-        return resp
+        ips = self._resolve(t, deadline)
+        last: DownloadError | None = None
+        for ip in ips:  # the next vetted address when one does not answer
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            conn = t.connection(ip, min(p.connect_timeout, remaining))
+            try:
+                with _Watchdog(conn, remaining) as dog:
+                    try:
+                        conn.connect()
+                    except (OSError, urllib3.exceptions.HTTPError) as e:
+                        last = _connect_error(t.url, e, dog.fired)
+                        continue
+                    conn.sock.settimeout(min(p.read_timeout, max(0.01, deadline - time.monotonic())))
+                    return self._response(t, conn, deadline, dog)
+            finally:
+                conn.close()
+        raise last or DownloadError("timeout", f"{t.url}: total timeout {p.total_timeout}s")
 
-    def _body(self, url: str, resp, deadline: float) -> bytes:
+    def _response(self, t: "_Target", conn, deadline: float, dog: _Watchdog) -> tuple[int, dict, bytes | None]:
         p = self.policy
-        length = resp.headers.get("Content-Length")
-        if length and length.isdigit() and int(length) > p.max_bytes:
+        try:
+            conn.request("GET", t.path, headers={"Host": t.host_header, "User-Agent": p.user_agent,
+                                                 "Accept": "image/*,*/*;q=0.5"}, preload_content=False)
+            resp = conn.getresponse()
+        except (OSError, urllib3.exceptions.HTTPError, http.client.HTTPException) as e:
+            if dog.fired or isinstance(e, (TimeoutError, socket.timeout, urllib3.exceptions.ReadTimeoutError)):
+                raise DownloadError("timeout", f"{t.url}: no complete response headers in time") from None
+            raise DownloadError("connection_error", f"{t.url}: {type(e).__name__}: {e}") from None
+        if resp.status in REDIRECTS:
+            return resp.status, dict(resp.headers), None
+        if p.respect_opt_out and opted_out(resp.headers.getlist("X-Robots-Tag")):
+            raise DownloadError("opted_out", f"{t.url}: X-Robots-Tag {resp.headers.get('X-Robots-Tag')!r}")
+        if resp.status != 200:
+            retry_after = _retry_after(resp.headers.get("Retry-After")) if resp.status in RETRY_STATUS else None
+            raise DownloadError(f"http_{resp.status}", f"{t.url}: HTTP {resp.status}", retry_after)
+        return resp.status, dict(resp.headers), self._body(t.url, resp, deadline, dog)
+
+    def _body(self, url: str, resp, deadline: float, dog: _Watchdog) -> bytes:
+        p = self.policy
+        length = resp.headers.get("Content-Length", "")
+        if length.isascii() and length.isdigit() and int(length) > p.max_bytes:
             raise DownloadError("too_large", f"{url}: Content-Length {length} > max_bytes {p.max_bytes}")
         chunks, size = [], 0
         try:
             while True:
-                # read1 returns what has arrived: a body that drips cannot hold a read past the deadline.
+                # read1 returns what has arrived; the watchdog ends a body that never does.
                 chunk = resp.read1(1 << 16)
                 if not chunk:
                     break
@@ -246,10 +303,12 @@ class Downloader:
                     raise DownloadError("timeout", f"{url}: body not complete within {p.total_timeout}s "
                                         f"({size} bytes received)")
                 chunks.append(chunk)
-        except (urllib3.exceptions.ReadTimeoutError, TimeoutError, socket.timeout):
-            raise DownloadError("timeout", f"{url}: the body stalled ({size} bytes received)") from None
-        except (urllib3.exceptions.HTTPError, OSError) as e:
+        except (urllib3.exceptions.HTTPError, OSError, http.client.HTTPException) as e:
+            if dog.fired or isinstance(e, (TimeoutError, socket.timeout, urllib3.exceptions.ReadTimeoutError)):
+                raise DownloadError("timeout", f"{url}: the body stalled ({size} bytes received)") from None
             raise DownloadError("connection_error", f"{url}: body cut off: {type(e).__name__}: {e}") from None
+        if dog.fired:
+            raise DownloadError("timeout", f"{url}: body not complete within {p.total_timeout}s")
         data = b"".join(chunks)
         if not data:
             raise DownloadError("empty_file", f"{url}: empty body")
@@ -261,52 +320,89 @@ class Downloader:
         return data
 
     # -- plumbing ---------------------------------------------------------------------
-    def _resolve(self, host: str, port: int, url: str) -> str:
+    def _resolve(self, t: "_Target", deadline: float) -> list[str]:
+        """Every address of the host, vetted; the lookup is bounded by the deadline."""
         try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            infos = self._dns.submit(socket.getaddrinfo, t.host, t.port, type=socket.SOCK_STREAM).result(
+                timeout=max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            raise DownloadError("timeout", f"{t.url}: DNS lookup of {t.host} took too long") from None
         except socket.gaierror as e:
-            raise DownloadError("dns_error", f"{url}: cannot resolve {host}: {e}") from None
-        ips = [info[4][0] for info in infos]
+            reason = "connection_error" if e.errno == socket.EAI_AGAIN else "dns_error"  # EAI_AGAIN: retry
+            raise DownloadError(reason, f"{t.url}: cannot resolve {t.host}: {e}") from None
+        except (UnicodeError, ValueError) as e:
+            raise DownloadError("bad_url", f"{t.url}: bad host name {t.host!r}: {e}") from None
+        ips = list(dict.fromkeys(info[4][0] for info in infos))
         if not self.policy.allow_private_networks:
             bad = [ip for ip in ips if blocked(ip)]
             if bad:
-                raise DownloadError("blocked_address", f"{url}: {host} resolves to {bad[0]}, a loopback, private, "
-                                    "link-local or reserved address (allow_private_networks is off)")
-        return ips[0]
+                raise DownloadError("blocked_address", f"{t.url}: {t.host} resolves to {bad[0]}, a loopback, "
+                                    "private, link-local or reserved address (allow_private_networks is off)")
+        return ips
 
     def _gate(self, host: str) -> _HostGate:
         with self._lock:
             gate = self._gates.get(host)
             if gate is None:
                 gate = self._gates[host] = _HostGate(self.policy.per_host_concurrency, self.policy.per_host_rate)
+                while len(self._gates) > 10_000:  # forget hosts not seen for a long time
+                    self._gates.popitem(last=False)
+            else:
+                self._gates.move_to_end(host)
             return gate
 
-    def _pool(self, scheme: str, ip: str, port: int, host: str):
-        key = (scheme, ip, port, host)
-        with self._lock:
-            pool = self._pools.get(key)
-            if pool is not None:
-                self._pools.move_to_end(key)
-                return pool
-            size = self.policy.per_host_concurrency
-            if scheme == "https":
-                import certifi
 
-                pool = urllib3.HTTPSConnectionPool(ip, port, maxsize=size, server_hostname=host,
-                                                   assert_hostname=host, cert_reqs="CERT_REQUIRED",
-                                                   ca_certs=certifi.where())
-            else:
-                pool = urllib3.HTTPConnectionPool(ip, port, maxsize=size)
-            self._pools[key] = pool
-            while len(self._pools) > 512:  # many hosts: keep the recent ones' connections
-                self._pools.popitem(last=False)[1].close()
-            return pool
+@dataclass
+class _Target:
+    """One hop's URL, checked and split: ASCII host for DNS, Host header, SNI and certificate."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    path: str
+    host_header: str
+
+    @classmethod
+    def parse(cls, url: str, first: bool) -> "_Target":
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as e:
+            raise DownloadError("bad_url", f"{url!r}: {e}") from None
+        if parts.scheme not in ("http", "https"):
+            reason = "unsupported_scheme" if first else "redirect_scheme"
+            raise DownloadError(reason, f"{url}: scheme {parts.scheme!r} is not http or https")
+        host = (parts.hostname or "").rstrip(".")
+        if not host:
+            raise DownloadError("bad_url", f"{url!r}: no host")
+        try:
+            host = host.encode("idna").decode("ascii")  # bücher.de -> xn--bcher-kva.de
+        except UnicodeError as e:
+            raise DownloadError("bad_url", f"{url!r}: bad host name: {e}") from None
+        default = 443 if parts.scheme == "https" else 80
+        shown = f"[{host}]" if ":" in host else host
+        return cls(url, parts.scheme, host, port or default,
+                   (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+                   shown if port in (None, default) else f"{shown}:{port}")
+
+    def connection(self, ip: str, timeout: float):
+        """A connection to ip; `timeout` covers connecting (reads get theirs after connect)."""
+        if self.scheme == "https":
+            import certifi
+
+            return urllib3.connection.HTTPSConnection(
+                ip, self.port, timeout=timeout, server_hostname=self.host, assert_hostname=self.host,
+                cert_reqs="CERT_REQUIRED", ca_certs=certifi.where())
+        return urllib3.connection.HTTPConnection(ip, self.port, timeout=timeout)
 
 
-def _discard(resp) -> None:
-    """Drop a response without reading its (possibly endless) body."""
-    resp.close()
-    resp.release_conn()
+def _connect_error(url: str, e: Exception, fired: bool) -> DownloadError:
+    if fired:
+        return DownloadError("timeout", f"{url}: connect not done within the total timeout")
+    if isinstance(e, urllib3.exceptions.SSLError) or "SSL" in type(e).__name__ or "Certificate" in type(e).__name__:
+        return DownloadError("tls_error", f"{url}: {e}")
+    return DownloadError("connection_error", f"{url}: {type(e).__name__}: {e}")
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -314,7 +410,7 @@ def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)

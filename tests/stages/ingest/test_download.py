@@ -36,6 +36,7 @@ def _reason(dl: Downloader, url: str) -> str:
     ("/loop-a", "redirect_loop"), ("/to-ftp", "redirect_scheme"), ("/missing", "http_404"),
     ("/always-500", "http_500"), ("/slow-first-byte", "timeout"), ("/drip", "timeout"),
     ("/huge", "too_large"), ("/huge-cl", "too_large"), ("/html-as-jpeg", "not_an_image"), ("/noai", "opted_out"),
+    ("/drip-headers", "timeout"), ("/bad-location", "bad_redirect"), ("/weird-retry", "http_503"),
 ])
 def test_each_hostile_case_gets_its_reason(server, path, reason):
     t0 = time.monotonic()
@@ -66,7 +67,8 @@ def test_private_addresses_are_blocked_by_default(server):
         Downloader(Policy(**{**FAST, "allow_private_networks": False})).fetch(server.url("/img/good.jpg"))
     assert e.value.reason == "blocked_address"
     for ip in ("127.0.0.1", "10.1.2.3", "192.168.0.1", "172.16.5.4", "169.254.169.254", "::1", "fd00:ec2::254",
-               "100.100.100.200", "0.0.0.0", "::ffff:127.0.0.1", "224.0.0.1"):
+               "100.100.100.200", "0.0.0.0", "::ffff:127.0.0.1", "224.0.0.1",
+               "64:ff9b::a9fe:a9fe", "2002:7f00:1::", "::7f00:1", "fec0::1"):  # IPv4 hidden in IPv6, site-local
         assert blocked(ip), ip
     for ip in ("8.8.8.8", "1.1.1.1", "2606:4700:4700::1111"):
         assert not blocked(ip), ip
@@ -75,7 +77,8 @@ def test_private_addresses_are_blocked_by_default(server):
 def test_bad_urls(server):
     dl = Downloader(Policy(**FAST))
     for url, reason in (("ftp://127.0.0.1/x.jpg", "unsupported_scheme"), ("file:///etc/passwd", "unsupported_scheme"),
-                        ("http://:80/x", "bad_url"), ("http://127.0.0.1:1/x.jpg", "connection_error")):
+                        ("http://:80/x", "bad_url"), ("http://127.0.0.1:1/x.jpg", "connection_error"),
+                        ("http://a..b/x.jpg", "bad_url"), (f"http://{'x' * 64}.com/x.jpg", "bad_url")):
         with pytest.raises(DownloadError) as e:
             dl.fetch(url)
         assert e.value.reason == reason, (url, e.value.detail)
@@ -134,3 +137,17 @@ def test_user_agent_names_mmcurate_and_its_version(server):
 
     Downloader(Policy(**FAST)).fetch(server.url("/img/good.jpg"))
     assert f"mmcurate/{__version__}" in " ".join(server.user_agents)
+
+
+def test_waiting_for_a_busy_host_is_not_counted_as_its_timeout(server):
+    dl = Downloader(Policy(**{**FAST, "per_host_rate": 5.0, "total_timeout": 1.0}))
+    out = dl.fetch_many([server.url("/img/good.jpg")] * 10)  # the last starts ~2 s after the first
+    assert all(o == server.good for o in out)
+
+
+def test_opt_out_is_read_per_agent():
+    from stages.ingest.download import opted_out
+
+    assert opted_out(["noai"]) and opted_out(["mmcurate: noimageai"]) and opted_out(["*: noai"])
+    assert opted_out(["unavailable_after: 25 Jun 2010 15:00:00 PST, noai"])
+    assert not opted_out(["googlebot: noai"]) and not opted_out(["noindex, nofollow"])
