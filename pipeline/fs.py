@@ -32,14 +32,17 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(uri)
 
 
-@functools.lru_cache(maxsize=None)
 def s3() -> pafs.S3FileSystem:
-    """One S3 filesystem per process, configured from the AWS environment variables."""
+    """The S3 filesystem for the current AWS environment (endpoint and region)."""
+    return _s3(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
+               os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"))
+
+
+@functools.lru_cache(maxsize=8)
+def _s3(endpoint: str | None, region: str | None) -> pafs.S3FileSystem:
     options = {}
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         options["endpoint_override"] = endpoint
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region:
         options["region"] = region
     return pafs.S3FileSystem(**options)

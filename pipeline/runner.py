@@ -355,6 +355,9 @@ class Runner:
     def _run_segment(self, seg: Segment, fingerprint: str, upstream: dict[str, Any]) -> dict[str, Any]:
         rd = self.run_dir
         t0 = time.time()
+        # The old marker goes first: from here on the segment's files may change (a sink
+        # publishes while it runs), and nothing may still vouch for them.
+        fs.delete(fs.join(rd.segment_dir(seg.name), "_SUCCESS"))
         tmp_k, tmp_r = rd.tmp_dir("kept", seg.name), rd.tmp_dir("rejects", seg.name)
         fs.makedirs(tmp_k)
         fs.makedirs(tmp_r)
