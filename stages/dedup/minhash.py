@@ -1,0 +1,146 @@
+"""MinHash signatures, vectorised: shingling, shingle hashing and permutations in numpy.
+
+No Python loop per token or shingle on the hot path. A document's tokens come from
+one `re.findall`; their UTF-8 bytes, joined by NUL, are hashed all at once with a
+polynomial prefix-sum hash (mod 2^64: numpy's wraparound is the modulo), word
+n-grams are combined from token hashes by shifted arrays, and the permutations
+run over the shingles of many documents at once with `np.minimum.reduceat`.
+
+Permutations follow datasketch 2.0's affine schemes ("affine32" / "affine64":
+fmix pre-mix, then a*h + b in uint32 / uint64), with datasketch's own parameters for
+a seed, so `shingle_hash` passed as datasketch's `hashfunc` gives the very same
+signatures (tests/stages/dedup/test_minhash.py proves it bit for bit).
+
+Still to come for `dedup_minhash` (issue 4): banding on Ray, exact-Jaccard
+verification, connected components and the persisted index.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Literal
+
+import numpy as np
+
+Tokenizer = Literal["word", "code", "char"]
+_WORD = re.compile(r"\w+")  # maximal runs of Unicode word characters
+_CODE = re.compile(r"[A-Za-z_0-9]+")  # The Stack: split on [^A-Za-z_0-9]
+_SPACES = re.compile(r"\s+")
+
+_P = np.uint64(0x100000001B3)  # odd multipliers: invertible mod 2^64
+_Q = np.uint64(0x9E3779B97F4A7C15)
+_P_INV = np.uint64(pow(int(_P), -1, 1 << 64))
+_FMIX = {32: (16, 0x85EBCA6B, 13, 0xC2B2AE35, 16),
+         64: (33, 0xFF51AFD7ED558CCD, 33, 0xC4CEB9FE1A85EC53, 33)}
+
+
+def tokens(text: str, tokenizer: Tokenizer = "word") -> list[str]:
+    if tokenizer == "code":
+        return _CODE.findall(text)
+    if tokenizer == "char":  # NUL separates tokens below, so it cannot be one
+        return list(_SPACES.sub(" ", unicodedata.normalize("NFC", text.lower().replace("\0", ""))).strip())
+    return _WORD.findall(text.lower())
+
+
+def _mix64(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: spreads the polynomial hash over all 64 bits."""
+    with np.errstate(over="ignore"):
+        h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return h ^ (h >> np.uint64(31))
+
+
+def _token_hashes(toks: list[str]) -> np.ndarray:
+    """64-bit hash of every token's UTF-8 bytes, all tokens at once."""
+    if not toks:
+        return np.zeros(0, dtype=np.uint64)
+    data = np.frombuffer("\0".join(toks).encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    n = data.size
+    with np.errstate(over="ignore"):
+        powers = np.cumprod(np.full(n, _P, dtype=np.uint64))  # P^1 .. P^n
+        inverse = np.cumprod(np.full(n + 1, _P_INV, dtype=np.uint64))  # P^-1 .. P^-(n+1)
+        prefix = np.concatenate(([np.uint64(0)], np.cumsum(data.astype(np.uint64) * powers, dtype=np.uint64)))
+        ends = np.append(np.flatnonzero(data == 0), n)
+        starts = np.concatenate(([0], ends[:-1] + 1))
+        # sum over the token of b_j * P^(j+1), shifted to start at P^1: position-free
+        raw = (prefix[ends] - prefix[starts]) * inverse[starts]
+    return _mix64(raw)
+
+
+def _ngrams(th: np.ndarray, n: int) -> np.ndarray:
+    """Hashes of the n-grams of a token-hash sequence (one gram of all tokens when shorter)."""
+    k = min(n, th.size)
+    with np.errstate(over="ignore"):
+        h = th[: th.size - k + 1].copy()
+        for j in range(1, k):
+            h = h * _Q + th[j: th.size - k + 1 + j]
+    return _mix64(h)
+
+
+def shingle_hashes(text: str, tokenizer: Tokenizer = "word", ngram: int = 5, bits: int = 32) -> np.ndarray:
+    """The distinct shingle hashes of one document (uint32 or uint64)."""
+    th = _token_hashes(tokens(text, tokenizer))
+    if th.size == 0:
+        return np.zeros(0, dtype=np.uint32 if bits == 32 else np.uint64)
+    h = np.unique(_ngrams(th, ngram))
+    return (h >> np.uint64(32)).astype(np.uint32) if bits == 32 else h
+
+
+def shingles(text: str, tokenizer: Tokenizer = "word", ngram: int = 5) -> list[bytes]:
+    """The shingles themselves, as NUL-joined token bytes (the reference for `shingle_hash`)."""
+    toks = tokens(text, tokenizer)
+    if not toks:
+        return []
+    k = min(ngram, len(toks))
+    return sorted({"\0".join(toks[i:i + k]).encode("utf-8", "surrogatepass") for i in range(len(toks) - k + 1)})
+
+
+def shingle_hash(shingle: bytes, bits: int = 32) -> int:
+    """One shingle's hash, computed like the vectorised path: datasketch's `hashfunc`."""
+    toks = shingle.decode("utf-8", "surrogatepass").split("\0")
+    h = int(_ngrams(_token_hashes(toks), len(toks))[0])
+    return h >> 32 if bits == 32 else h
+
+
+def permutations(num_perm: int, seed: int, bits: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """datasketch's own affine permutation parameters for this seed."""
+    from datasketch import MinHash
+
+    a, b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32" if bits == 32 else "affine64").permutations
+    return a, b
+
+
+def _fmix(h: np.ndarray, bits: int) -> np.ndarray:
+    s1, m1, s2, m2, s3 = _FMIX[bits]
+    dtype = h.dtype.type
+    with np.errstate(over="ignore"):
+        h = h ^ (h >> dtype(s1))
+        h = h * dtype(m1)
+        h = h ^ (h >> dtype(s2))
+        h = h * dtype(m2)
+        return h ^ (h >> dtype(s3))
+
+
+def signatures(texts: list[str], num_perm: int = 128, seed: int = 1, tokenizer: Tokenizer = "word",
+               ngram: int = 5, bits: int = 32, chunk_shingles: int = 1 << 16) -> np.ndarray:
+    """(len(texts), num_perm) MinHash signatures; an empty document gets the maximum value."""
+    dtype = np.uint32 if bits == 32 else np.uint64
+    a, b = (x.astype(dtype)[:, None] for x in permutations(num_perm, seed, bits))
+    out = np.full((len(texts), num_perm), np.iinfo(dtype).max, dtype=dtype)
+    docs = [shingle_hashes(t, tokenizer, ngram, bits) for t in texts]
+    i = 0
+    while i < len(docs):  # a chunk of documents whose shingles fit one (num_perm x S) matrix
+        j, total = i, 0
+        while j < len(docs) and (total == 0 or total + docs[j].size <= chunk_shingles):
+            total += docs[j].size
+            j += 1
+        sizes = np.array([d.size for d in docs[i:j]])
+        nonempty = np.flatnonzero(sizes)
+        if nonempty.size:
+            hv = _fmix(np.concatenate(docs[i:j]).astype(dtype), bits)
+            with np.errstate(over="ignore"):
+                phv = a * hv[None, :] + b  # wraps in uint32/uint64: that is the modulo
+            offsets = np.concatenate(([0], np.cumsum(sizes)[:-1]))[nonempty]
+            out[i + nonempty] = np.minimum.reduceat(phv, offsets, axis=1).T
+        i = j
+    return out

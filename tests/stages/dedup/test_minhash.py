@@ -1,0 +1,60 @@
+"""MinHash signatures: bit-for-bit datasketch equivalence, shingling rules, Jaccard estimates."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from datasketch import MinHash
+
+from stages.dedup.minhash import shingle_hash, shingle_hashes, shingles, signatures, tokens
+
+DOCS = [
+    "The quick brown fox jumps over the lazy dog near the river bank today.",
+    "Über die Brücke: Straße, Café und Mädchen — naïve façade, résumé! 東京タワー と 大阪城",
+    "short doc",  # fewer than 5 tokens: one shingle of all of them
+    "",
+    "def add(a, b):\n    return a + b  # adds\nclass Foo_Bar: pass",
+    "word " * 2000,  # a large, repetitive document
+]
+
+
+@pytest.mark.parametrize("tokenizer,ngram,bits", [
+    ("word", 5, 32), ("code", 5, 32), ("char", 5, 32), ("word", 1, 32), ("word", 5, 64)])
+def test_bit_for_bit_equal_to_datasketch(tokenizer, ngram, bits):
+    ours = signatures(DOCS, num_perm=128, seed=7, tokenizer=tokenizer, ngram=ngram, bits=bits)
+    for doc, sig in zip(DOCS, ours):
+        m = MinHash(num_perm=128, seed=7, scheme=f"affine{bits}", hashfunc=lambda b: shingle_hash(b, bits))
+        for sh in shingles(doc, tokenizer, ngram):
+            m.update(sh)
+        np.testing.assert_array_equal(sig, m.hashvalues)
+
+
+def test_shingling_rules():
+    assert tokens("Hello, World! it's 2026") == ["hello", "world", "it", "s", "2026"]
+    assert tokens("foo.bar(baz_1) + Qux", "code") == ["foo", "bar", "baz_1", "Qux"]
+    assert len(shingles("one two three")) == 1  # shorter than 5 tokens: one shingle of all
+    assert len(shingles("a b c d e f g")) == 3
+    assert shingle_hashes("").size == 0 and shingles("") == []
+    # case and punctuation do not change word shingles
+    np.testing.assert_array_equal(shingle_hashes("A cat, a HAT!"), shingle_hashes("a cat a hat"))
+
+
+def test_estimates_follow_true_jaccard():
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(3000)]
+    base = list(rng.choice(words, 400))
+    near = base[:]  # edit ~5% of positions
+    for i in rng.choice(len(near), 20, replace=False):
+        near[i] = "edited"
+    other = list(rng.choice(words, 400))
+    texts = [" ".join(base), " ".join(near), " ".join(other)]
+    sets = [set(shingles(t)) for t in texts]
+    sig = signatures(texts, num_perm=256)
+
+    def est(i, j):
+        return float(np.mean(sig[i] == sig[j]))
+
+    def true(i, j):
+        return len(sets[i] & sets[j]) / len(sets[i] | sets[j])
+
+    assert abs(est(0, 1) - true(0, 1)) < 0.1
+    assert est(0, 2) < 0.05 and true(0, 2) < 0.05
