@@ -124,6 +124,8 @@ def _fmix(h: np.ndarray, bits: int) -> np.ndarray:
 def signatures(texts: list[str], num_perm: int = 128, seed: int = 1, tokenizer: Tokenizer = "word",
                ngram: int = 5, bits: int = 32, chunk_shingles: int = 1 << 16) -> np.ndarray:
     """(len(texts), num_perm) MinHash signatures; an empty document gets the maximum value."""
+    if tokenizer in ("word", "code") and bits == 32:
+        return _signatures_fused(texts, num_perm, seed, tokenizer, ngram)
     dtype = np.uint32 if bits == 32 else np.uint64
     a, b = (x.astype(dtype)[:, None] for x in permutations(num_perm, seed, bits))
     out = np.full((len(texts), num_perm), np.iinfo(dtype).max, dtype=dtype)
@@ -143,4 +145,91 @@ def signatures(texts: list[str], num_perm: int = 128, seed: int = 1, tokenizer: 
             offsets = np.concatenate(([0], np.cumsum(sizes)[:-1]))[nonempty]
             out[i + nonempty] = np.minimum.reduceat(phv, offsets, axis=1).T
         i = j
+    return out
+
+
+# -- the fused byte-level kernel (word and code tokens, 32-bit) ---------------------------
+def _word_bytes(text: str, tokenizer: Tokenizer) -> bytes:
+    """Bytes in which the kernel's token rule equals the tokenizer's: ASCII text as it is
+    (ASCII \\w is [A-Za-z0-9_]); other text as its \\w tokens joined by spaces."""
+    if tokenizer == "code":
+        return text.encode("ascii", "replace") if not text.isascii() else text.encode()
+    low = text.lower()
+    if low.isascii():
+        return low.encode()
+    return " ".join(_WORD.findall(low)).encode("utf-8", "surrogatepass")
+
+
+_KERNEL = None
+
+
+def _kernel():
+    global _KERNEL
+    if _KERNEL is None:
+        import numba
+
+        @numba.njit(cache=True, nogil=True)
+        def kernel(data, offsets, ngram, a, b, out, high_is_word):  # pragma: no cover - compiled
+            P, Q = np.uint64(0x100000001B3), np.uint64(0x9E3779B97F4A7C15)
+            ring = np.zeros(64, dtype=np.uint64)
+            for d in range(offsets.size - 1):
+                count = 0  # tokens seen
+                h = np.uint64(0)
+                pw = np.uint64(1)
+                in_tok = False
+                for i in range(offsets[d], offsets[d + 1] + 1):
+                    c = data[i] if i < offsets[d + 1] else 32
+                    word = (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122) or c == 95 or \
+                        (high_is_word and c >= 128)
+                    if word:
+                        h += np.uint64(c) * pw
+                        pw *= P
+                        in_tok = True
+                    elif in_tok:
+                        t = h
+                        t = (t ^ (t >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+                        t = (t ^ (t >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+                        t = t ^ (t >> np.uint64(31))
+                        ring[count % 64] = t
+                        count += 1
+                        h, pw, in_tok = np.uint64(0), np.uint64(1), False
+                        if count >= ngram:
+                            _shingle(ring, count - ngram, ngram, a, b, out, d, Q)
+                if 0 < count < ngram:  # a short document: one shingle of all its tokens
+                    _shingle(ring, 0, count, a, b, out, d, Q)
+
+        @numba.njit(cache=True, nogil=True, inline="always")
+        def _shingle(ring, start, k, a, b, out, d, Q):  # pragma: no cover - compiled
+            g = ring[start % 64]
+            for j in range(1, k):
+                g = g * Q + ring[(start + j) % 64]
+            g = (g ^ (g >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            g = (g ^ (g >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            g = g ^ (g >> np.uint64(31))
+            # 32-bit arithmetic, masked by hand: numba widens uint32 products to 64 bits.
+            m = np.uint64(0xFFFFFFFF)
+            hv = g >> np.uint64(32)
+            hv = hv ^ (hv >> np.uint64(16))
+            hv = (hv * np.uint64(0x85EBCA6B)) & m
+            hv = hv ^ (hv >> np.uint64(13))
+            hv = (hv * np.uint64(0xC2B2AE35)) & m
+            hv = hv ^ (hv >> np.uint64(16))
+            for p in range(a.size):
+                v = (np.uint64(a[p]) * hv + np.uint64(b[p])) & m
+                if v < out[d, p]:
+                    out[d, p] = v
+
+        _KERNEL = kernel
+    return _KERNEL
+
+
+def _signatures_fused(texts: list[str], num_perm: int, seed: int, tokenizer: Tokenizer, ngram: int) -> np.ndarray:
+    if ngram > 64:
+        raise ValueError("ngram is at most 64 words")
+    chunks = [_word_bytes(t, tokenizer) for t in texts]
+    data = np.frombuffer(b"".join(chunks), dtype=np.uint8)
+    offsets = np.concatenate(([0], np.cumsum([len(c) for c in chunks]))).astype(np.int64)
+    a, b = (x.astype(np.uint32) for x in permutations(num_perm, seed, 32))
+    out = np.full((len(texts), num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
+    _kernel()(data, offsets, ngram, a, b, out, tokenizer == "word")
     return out
