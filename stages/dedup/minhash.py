@@ -233,3 +233,46 @@ def _signatures_fused(texts: list[str], num_perm: int, seed: int, tokenizer: Tok
     out = np.full((len(texts), num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
     _kernel()(data, offsets, ngram, a, b, out, tokenizer == "word")
     return out
+
+
+# -- LSH banding and verification --------------------------------------------------------
+def candidate_probability(jaccard: float, bands: int, rows: int) -> float:
+    """P(a pair with this Jaccard shares at least one band) = 1 - (1 - J^rows)^bands."""
+    return 1.0 - (1.0 - jaccard ** rows) ** bands
+
+
+def choose_bands(threshold: float, num_perm: int, min_recall: float = 0.95) -> tuple[int, int]:
+    """bands x rows <= num_perm for verified LSH: recall first, then precision for free.
+
+    With exact-Jaccard verification a false candidate costs only a comparison, so we
+    want every pair at `threshold` to become a candidate with probability >=
+    min_recall, and among those settings the most rows per band (fewest candidates).
+    """
+    best = None
+    for rows in range(1, num_perm + 1):
+        bands = num_perm // rows
+        if bands and candidate_probability(threshold, bands, rows) >= min_recall:
+            best = (bands, rows)
+    if best is None:
+        raise ValueError(f"no bands x rows <= {num_perm} reaches recall {min_recall} at J={threshold}; "
+                         "raise num_perm")
+    return best
+
+
+def band_hashes(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(n, bands) uint64: one hash per band of each signature (band index mixed in)."""
+    n = sigs.shape[0]
+    parts = sigs[:, : bands * rows].astype(np.uint64).reshape(n, bands, rows)
+    with np.errstate(over="ignore"):
+        h = np.broadcast_to(np.arange(bands, dtype=np.uint64) * _Q, (n, bands)).copy()
+        for r in range(rows):
+            h = _mix64(h * _P + parts[:, :, r])
+    return h
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Exact Jaccard of two sorted, distinct shingle-hash arrays."""
+    if a.size == 0 and b.size == 0:
+        return 1.0
+    inter = np.intersect1d(a, b, assume_unique=True).size
+    return inter / (a.size + b.size - inter)

@@ -58,3 +58,35 @@ def test_estimates_follow_true_jaccard():
 
     assert abs(est(0, 1) - true(0, 1)) < 0.1
     assert est(0, 2) < 0.05 and true(0, 2) < 0.05
+
+
+def test_bands_are_chosen_for_recall():
+    from stages.dedup.minhash import candidate_probability, choose_bands
+
+    bands, rows = choose_bands(0.8, 128)
+    assert bands * rows <= 128
+    assert candidate_probability(0.8, bands, rows) >= 0.95
+    # one more row per band would lose the recall goal
+    assert candidate_probability(0.8, 128 // (rows + 1), rows + 1) < 0.95
+    # datatrove's 9x13 at 0.8 finds a pair only 40% of the time (ANCHORS.md)
+    assert abs(candidate_probability(0.8, 9, 13) - 0.40) < 0.01
+    with pytest.raises(ValueError):
+        choose_bands(0.1, 4, 0.999999)
+
+
+def test_near_duplicates_share_a_band_and_verify():
+    from stages.dedup.minhash import band_hashes, choose_bands, jaccard
+
+    rng = np.random.default_rng(1)
+    words = [f"w{i}" for i in range(5000)]
+    base = list(rng.choice(words, 300))
+    near = base[:]
+    near[150] = "edited"  # one edit: Jaccard about 0.94
+    texts = [" ".join(base), " ".join(near), " ".join(rng.choice(words, 300))]
+    bands, rows = choose_bands(0.8, 128)
+    bh = band_hashes(signatures(texts), bands, rows)
+    assert (bh[0] == bh[1]).any() and not (bh[0] == bh[2]).any()
+    assert bh.shape == (3, bands) and len(set(bh[0])) == bands  # the band index is mixed in
+    sets = [shingle_hashes(t) for t in texts]
+    assert jaccard(sets[0], sets[1]) > 0.9 and jaccard(sets[0], sets[2]) < 0.05
+    assert jaccard(sets[0], sets[0]) == 1.0
