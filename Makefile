@@ -23,6 +23,7 @@ test: setup
 bench: setup
 	$(PY) bench/bench_ingest.py
 	$(PY) bench/bench_download.py
+	$(PY) bench/bench_minhash.py
 
 clean:
 	rm -rf runs .venv .venv-pillow bench/_data
