@@ -19,8 +19,8 @@ from . import fs
 PARTITION = "_partition"
 
 
-def _split(part: str, n: int, assign: Callable[[pa.Table], np.ndarray]) -> pa.Table | list[pa.Table]:
-    table = fs.read_parquet(part)
+def _split(source, n: int, assign: Callable[[pa.Table], np.ndarray]) -> pa.Table | list[pa.Table]:
+    table = fs.read_parquet(source) if isinstance(source, str) else source
     ids = pa.array(assign(table), type=pa.int64())
     table = table.append_column(PARTITION, ids)
     if n == 1:  # Ray hands a single return value back as it is, not as a list
@@ -33,10 +33,12 @@ def _reduce(p: int, reduce: Callable[[int, pa.Table], Any], *pieces: pa.Table) -
     return reduce(p, table)
 
 
-def hash_partition(parts: list[str], n: int, assign: Callable[[pa.Table], np.ndarray],
-                   reduce: Callable[[int, pa.Table], Any], num_cpus: float = 1.0) -> list[Any]:
+def hash_partition(parts: list, n: int, assign: Callable[[pa.Table], np.ndarray],
+                   reduce: Callable[[int, pa.Table], Any], num_cpus: float = 1.0, fetch: bool = True) -> list[Any]:
     """reduce(partition, rows of that partition) for every partition, in partition order.
 
+    parts are parquet URIs or Ray references to tables (from map_tables or an earlier
+    hash_partition with fetch=False, which returns references instead of values).
     assign(table) gives each row its partition id in [0, n). Empty partitions are
     reduced too (with an empty table), so that callers see every partition.
     """
@@ -47,7 +49,16 @@ def hash_partition(parts: list[str], n: int, assign: Callable[[pa.Table], np.nda
     pieces = [split.remote(part, n, assign) for part in parts]
     if n == 1:
         pieces = [[ref] for ref in pieces]
-    return ray.get([reducer.remote(p, reduce, *(piece[p] for piece in pieces)) for p in range(n)])
+    refs = [reducer.remote(p, reduce, *(piece[p] for piece in pieces)) for p in range(n)]
+    return ray.get(refs) if fetch else refs
+
+
+def map_tables(parts: list, fn: Callable[[pa.Table], pa.Table], num_cpus: float = 1.0) -> list:
+    """fn over every part (a parquet URI or a table reference) as Ray tasks; references back."""
+    import ray
+
+    task = ray.remote(lambda source: fn(fs.read_parquet(source) if isinstance(source, str) else source))
+    return [task.options(num_cpus=num_cpus).remote(p) for p in parts]
 
 
 def partition_of(keys: pa.Array | pa.ChunkedArray, n: int) -> np.ndarray:

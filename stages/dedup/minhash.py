@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -276,3 +276,226 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
         return 1.0
     inter = np.intersect1d(a, b, assume_unique=True).size
     return inter / (a.size + b.size - inter)
+
+
+# -- the stage ------------------------------------------------------------------------------
+import math  # noqa: E402 - the stage below builds on the functions above
+
+import pyarrow as pa  # noqa: E402
+import pyarrow.compute as pc  # noqa: E402
+from pydantic import Field, field_validator  # noqa: E402
+
+from pipeline import ledger  # noqa: E402
+from pipeline.shuffle import hash_partition, map_tables, partition_of  # noqa: E402
+from pipeline.stage import Params, Resources, Stage  # noqa: E402
+
+MAX_BUCKET_PAIRS = 100  # in a bucket larger than this, members are compared with its first 100
+ROWS_PER_PARTITION = 200_000
+
+
+class DedupMinhashParams(Params):
+    field: str = Field("text", description="text column to compare")
+    threshold: float = Field(0.8, gt=0, lt=1, description="Jaccard at or above which two texts are near-duplicates "
+                                                          "(0.8: ANCHORS side-by-side; The Stack v1 used 0.85)")
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations")
+    ngram: int = Field(5, ge=1, le=64, description="shingle size in tokens (word 5-grams: Gopher, datatrove)")
+    tokenizer: Literal["word", "code", "char"] = Field("word", description="word = lowercase \\w+ runs; code = "
+                                                       "split on [^A-Za-z_0-9]; char = character n-grams")
+    seed: int = Field(1, ge=0, description="permutation seed (datasketch's)")
+    bits: Literal[32, 64] = Field(32, description="hash width")
+    bands: int = Field(0, ge=0, description="LSH bands; 0 = chosen so that a pair at threshold is a candidate "
+                                            "with probability >= 0.95")
+    rows: int = Field(0, ge=0, description="rows per band (with bands)")
+    keep: str = Field("first", description="which member of a cluster survives: first (lowest ordinal) or largest "
+                                          "(longest text)")
+
+    @field_validator("keep")
+    @classmethod
+    def _keep_rule(cls, v: str) -> str:
+        if v not in ("first", "largest"):
+            raise ValueError("keep must be 'first' or 'largest'")
+        return v
+
+
+class DedupMinhash(Stage):
+    """Near-duplicate texts: MinHash LSH with exact-Jaccard verification, connected
+    components by min-label propagation, all as Ray task shuffles.
+
+    A label is "<rank>|<sample_id>", so the minimum label of a component names the
+    survivor under the keep rule; every other member is rejected as `duplicate`.
+    """
+
+    name = "dedup_minhash"
+    kind = "global"
+    Params = DedupMinhashParams
+    resources = Resources(num_cpus=1)
+
+    def banding(self) -> tuple[int, int]:
+        p = self.params
+        if p.bands and p.rows:
+            if p.bands * p.rows > p.num_perm:
+                raise ValueError(f"bands x rows = {p.bands * p.rows} > num_perm {p.num_perm}")
+            return p.bands, p.rows
+        return choose_bands(p.threshold, p.num_perm)
+
+    def labels_of(self, table: pa.Table) -> list[str]:
+        ordinal = table.column("ordinal").to_pylist()
+        ids = table.column("sample_id").to_pylist()
+        if self.params.keep == "largest":
+            sizes = [len(t or "") for t in table.column(self.params.field).to_pylist()]
+            return [f"{(1 << 40) - s:013d}{o:020d}|{i}" for s, o, i in zip(sizes, ordinal, ids)]
+        return [f"{o:020d}|{i}" for o, i in zip(ordinal, ids)]
+
+    # one row per (document, band)
+    def _band_rows(self, table: pa.Table) -> pa.Table:
+        p = self.params
+        bands, rows = self.banding()
+        texts = [t or "" for t in table.column(p.field).to_pylist()]
+        bh = band_hashes(signatures(texts, p.num_perm, p.seed, p.tokenizer, p.ngram, p.bits), bands, rows)
+        shingle_sets = [shingle_hashes(t, p.tokenizer, p.ngram, p.bits) for t in texts]
+        labels = self.labels_of(table)
+        keep = [i for i, s in enumerate(shingle_sets) if s.size]  # an empty text has no near-duplicates
+        return pa.table({
+            "bucket": pa.array(bh[keep].reshape(-1), pa.uint64()),
+            "label": pa.array(np.repeat(np.array(labels, dtype=object)[keep], bands) if keep else [], pa.string()),
+            "shingles": pa.array([shingle_sets[i].tolist() for i in keep for _ in range(bands)],
+                                 pa.list_(pa.uint64() if p.bits == 64 else pa.uint32())),
+        })
+
+    def _verify(self, _: int, t: pa.Table) -> pa.Table:
+        """Pairs that share a bucket and really are >= threshold: edges both ways."""
+        src, dst = [], []
+        if t.num_rows:
+            t = t.take(pc.sort_indices(t, [("bucket", "ascending"), ("label", "ascending")]))
+            buckets = t.column("bucket").to_numpy()
+            labels = t.column("label").to_pylist()
+            sets = [np.asarray(s) for s in t.column("shingles").to_pylist()]
+            starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]])
+            for s, e in zip(starts, np.r_[starts[1:], len(buckets)]):
+                for i in range(s, min(e, s + MAX_BUCKET_PAIRS)):  # the first 100 meet everyone
+                    for j in range(i + 1, e):
+                        if labels[i] != labels[j] and jaccard(sets[i], sets[j]) >= self.params.threshold:
+                            src += [labels[i], labels[j]]
+                            dst += [labels[j], labels[i]]
+        edges = pa.table({"_node": pa.array(src, pa.string()), "_peer": pa.array(dst, pa.string())})
+        return edges.group_by(["_node", "_peer"]).aggregate([]) if edges.num_rows else edges
+
+    def run_global(self, ds, ctx) -> list[dict[str, Any]]:
+        p = self.params
+        bands, rows = self.banding()
+        n = max(1, math.ceil(ctx.upstream_kept * bands / ROWS_PER_PARTITION))
+        print(f"[mmcurate] {self.name}: LSH {bands} bands x {rows} rows; a pair at J={p.threshold} becomes a "
+              f"candidate with probability {candidate_probability(p.threshold, bands, rows):.4f}")
+        band_refs = map_tables(ctx.parts, self._band_rows)
+        edges = hash_partition(band_refs, n, _by_column("bucket", n, numeric=True), self._verify, fetch=False)
+        labels, rounds = _components(edges, n)
+        print(f"[mmcurate] {self.name}: connected components settled in {rounds} rounds")
+        stage = self
+
+        def assign(table: pa.Table) -> np.ndarray:  # data rows by sample_id, label rows by the id in _node
+            ids = [k.split("|", 1)[1] for k in table.column("_node").to_pylist()] if "_node" in table.column_names \
+                else table.column("sample_id").to_pylist()
+            return partition_of(pa.array(ids, pa.string()), n)
+
+        def apply(_: int, table: pa.Table) -> dict[str, Any]:
+            is_label = pc.is_valid(table.column("_node"))
+            found = table.filter(is_label)
+            component = dict(zip(found.column("_node").to_pylist(), found.column("_label").to_pylist()))
+            data = table.filter(pc.invert(is_label)).drop_columns(["_node", "_label"])
+            return ctx.writer(stage.mark(data, component)).to_pylist()[0]
+
+        return hash_partition(list(ctx.parts) + [_only_labels.remote(r) for r in labels], n, assign, apply)
+
+    def mark(self, table: pa.Table, component: dict[str, str]) -> pa.Table:
+        """Reject every member of a component but its minimum label."""
+        own = self.labels_of(table)
+        rejects, clusters = [], []
+        for label in own:
+            root = component.get(label)
+            cluster = f"m{root.split('|', 1)[1]}" if root else None
+            clusters.append(cluster)
+            if root and root != label:
+                keeper = root.split("|", 1)[1]
+                rejects.append(ledger.reject("duplicate", f"near-duplicate (Jaccard >= {self.params.threshold}) "
+                                             f"of {keeper}", duplicate_of=keeper, cluster_id=cluster))
+            else:
+                rejects.append(None)
+        table = ledger.set_column(table, "cluster_id", pa.array(clusters, pa.string()))
+        return ledger.stamp_stage(ledger.with_rejects(table, rejects), self.name)
+
+
+def _by_column(column: str, n: int, numeric: bool = False):
+    def assign(table: pa.Table) -> np.ndarray:
+        if numeric:
+            return (table.column(column).to_numpy().astype(np.uint64) % np.uint64(n)).astype(np.int64)
+        return partition_of(table.column(column), n)
+    return assign
+
+
+_EMPTY_LABELS = {"_node": pa.string(), "_label": pa.string(), "_changed": pa.int64()}
+
+
+def _propagate(_: int, t: pa.Table) -> pa.Table:
+    """Per node: its current label goes to every peer, and stays with the node as its old label."""
+    is_label = pc.is_valid(t.column("_label"))
+    held = t.filter(is_label)
+    current = dict(zip(held.column("_node").to_pylist(), held.column("_label").to_pylist()))
+    edges = t.filter(pc.invert(is_label))
+    nodes, labels, old = list(current), list(current.values()), list(current.values())
+    for node, peer in zip(edges.column("_node").to_pylist(), edges.column("_peer").to_pylist()):
+        nodes.append(peer)
+        labels.append(current.get(node, node))
+        old.append(None)
+    return pa.table({"_node": pa.array(nodes, pa.string()), "_label": pa.array(labels, pa.string()),
+                     "_old": pa.array(old, pa.string())})
+
+
+def _settle(_: int, t: pa.Table) -> pa.Table:
+    """Per node: the smallest label it heard; _changed marks nodes whose label moved."""
+    if not t.num_rows:
+        return pa.table({k: pa.array([], v) for k, v in _EMPTY_LABELS.items()})
+    best = t.group_by("_node").aggregate([("_label", "min"), ("_old", "min")])
+    changed = pc.cast(pc.not_equal(best.column("_label_min"), pc.coalesce(best.column("_old_min"), "")), pa.int64())
+    return pa.table({"_node": best.column("_node"), "_label": best.column("_label_min"), "_changed": changed})
+
+
+def _seed(_: int, t: pa.Table) -> pa.Table:
+    """Every node of the graph starts with its own label (its rank and id)."""
+    nodes = pc.unique(t.column("_node")) if t.num_rows else pa.array([], pa.string())
+    return pa.table({"_node": nodes, "_label": nodes, "_changed": pa.array([1] * len(nodes), pa.int64())})
+
+
+def _components(edges: list, n: int, max_rounds: int = 100) -> tuple[list, int]:
+    """Min-label propagation over the edge partitions until no label moves.
+
+    Each round sends every node's label to its neighbours and keeps the minimum. No
+    process sees more than one partition of edges or labels: the driver holds
+    references, and one count per partition per round.
+    """
+    import ray
+
+    by_node = _by_column("_node", n)
+    labels = hash_partition(edges, n, by_node, _seed, fetch=False)
+    for rounds in range(1, max_rounds + 1):
+        messages = hash_partition(list(edges) + [_only_labels.remote(r) for r in labels], n, by_node,
+                                  _propagate, fetch=False)
+        labels = hash_partition(messages, n, by_node, _settle, fetch=False)
+        if sum(ray.get([_changed.remote(r) for r in labels])) == 0:
+            return labels, rounds
+    raise RuntimeError(f"connected components did not settle in {max_rounds} rounds")
+
+
+def _remote(fn):
+    import ray
+
+    return ray.remote(fn)
+
+
+@_remote
+def _only_labels(t: pa.Table) -> pa.Table:
+    return t.select(["_node", "_label"])
+
+
+@_remote
+def _changed(t: pa.Table) -> int:
+    return int(pc.sum(t.column("_changed")).as_py() or 0)

@@ -90,3 +90,58 @@ def test_near_duplicates_share_a_band_and_verify():
     sets = [shingle_hashes(t) for t in texts]
     assert jaccard(sets[0], sets[1]) > 0.9 and jaccard(sets[0], sets[2]) < 0.05
     assert jaccard(sets[0], sets[0]) == 1.0
+
+
+def _edit(words, positions, tag):
+    out = list(words)
+    for p in positions:
+        out[p] = f"{tag}{p}"
+    return out
+
+
+@pytest.mark.parametrize("others,rows_per_partition", [(20, 200_000), (300, 500)],
+                         ids=["one-partition", "many-parts-and-partitions"])
+def test_dedup_minhash_on_ray(ray_session, tmp_path, monkeypatch, others, rows_per_partition):
+    """Exact, near (J~0.9) and non (J~0.5) duplicates, a chain that forms one cluster,
+    an empty and a one-word document, through `mmcurate stage dedup_minhash`."""
+    import json
+    import os
+
+    import stages.dedup.minhash
+
+    monkeypatch.setattr(stages.dedup.minhash, "ROWS_PER_PARTITION", rows_per_partition)
+
+    from pipeline import cli, fs, ledger
+    from stages.dedup.minhash import DedupMinhash, jaccard
+
+    rng = np.random.default_rng(3)
+    vocab = [f"v{i}" for i in range(20000)]
+    base = list(rng.choice(vocab, 200))
+    chain_a = list(rng.choice(vocab, 200))
+    chain_b = _edit(chain_a, [20, 60, 100], "b")
+    chain_c = _edit(chain_b, [140, 170, 190], "c")
+    docs = {
+        "base": base, "exact": base, "near": _edit(base, [50, 150], "n"), "half": base[:100] + list(rng.choice(vocab, 100)),
+        "chain_a": chain_a, "chain_b": chain_b, "chain_c": chain_c, "empty": [], "one": ["lonely"],
+        **{f"other{i}": list(rng.choice(vocab, 200)) for i in range(others)},
+    }
+    j = lambda a, b: jaccard(shingle_hashes(" ".join(docs[a])), shingle_hashes(" ".join(docs[b])))  # noqa: E731
+    assert j("base", "near") > 0.85 and j("base", "half") < 0.6
+    assert j("chain_a", "chain_b") >= 0.8 and j("chain_b", "chain_c") >= 0.8 and j("chain_a", "chain_c") < 0.8
+    path = tmp_path / "docs.jsonl"
+    with open(path, "w") as f:
+        for name, words in docs.items():
+            f.write(json.dumps({"name": name, "text": " ".join(words)}) + "\n")
+    out = str(tmp_path / "out")
+    assert cli.main(["stage", "dedup_minhash", "--input", str(path), "--output", out,
+                     "--set", "field=text", "--set", "threshold=0.8"]) == 0
+    kept = fs.read_parquet_dir(os.path.join(out, "stages", "01-dedup_minhash"))
+    rejects = fs.read_parquet_dir(os.path.join(out, "rejects", "01-dedup_minhash"))
+    removed = dict(zip(rejects.column("name").to_pylist(), rejects.column("duplicate_of").to_pylist()))
+    ids = dict(zip(kept.column("name").to_pylist(), kept.column("sample_id").to_pylist()))
+    assert removed == {"exact": ids["base"], "near": ids["base"], "chain_b": ids["chain_a"], "chain_c": ids["chain_a"]}
+    clusters = dict(zip(kept.column("name").to_pylist(), kept.column("cluster_id").to_pylist()))
+    assert clusters["base"] and clusters["chain_a"] and clusters["half"] is None and clusters["empty"] is None
+    assert set(rejects.column("cluster_id").to_pylist()) == {clusters["base"], clusters["chain_a"]}
+    assert ledger.audit(out)["ok"]
+    assert DedupMinhash(threshold=0.8).banding() == (18, 7)
