@@ -24,6 +24,7 @@ bench: setup
 	$(PY) bench/bench_ingest.py
 	$(PY) bench/bench_download.py
 	$(PY) bench/bench_minhash.py
+	$(PY) bench/bench_dedup.py
 
 clean:
 	rm -rf runs .venv .venv-pillow bench/_data

@@ -371,10 +371,22 @@ class DedupMinhash(Stage):
             labels = t.column("label").to_pylist()
             sets = [np.asarray(s) for s in t.column("shingles").to_pylist()]
             starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]])
+            # Components need a spanning forest, not every edge: a pair already joined in
+            # this partition is not compared again (big clusters of copies stay cheap).
+            parent: dict[str, str] = {}
+
+            def root(x: str) -> str:
+                while parent.get(x, x) != x:
+                    parent[x] = parent.get(parent[x], parent[x])
+                    x = parent[x]
+                return x
+
             for s, e in zip(starts, np.r_[starts[1:], len(buckets)]):
                 for i in range(s, min(e, s + MAX_BUCKET_PAIRS)):  # the first 100 meet everyone
                     for j in range(i + 1, e):
-                        if labels[i] != labels[j] and jaccard(sets[i], sets[j]) >= self.params.threshold:
+                        ri, rj = root(labels[i]), root(labels[j])
+                        if ri != rj and jaccard(sets[i], sets[j]) >= self.params.threshold:
+                            parent[ri] = rj
                             src += [labels[i], labels[j]]
                             dst += [labels[j], labels[i]]
         edges = pa.table({"_node": pa.array(src, pa.string()), "_peer": pa.array(dst, pa.string())})
