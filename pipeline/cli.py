@@ -41,6 +41,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
     from .runner import Runner
 
     sets = _parse_sets(args.set or [])
+    if args.against:
+        sets["against"] = args.against
     where = f"mmcurate stage {args.name}"
     stage = build_stage(args.name, {**sets, "source": args.input}, where) \
         if "source" in _stage_fields(args.name) else None
@@ -105,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="input file (parquet, jsonl or csv) or an ingest source")
     p.add_argument("--output", required=True, help="output directory")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="stage parameter (repeatable)")
+    p.add_argument("--against", action="append", metavar="INDEX",
+                   help="for dedup stages: an earlier run's index (RUN/index/<stage>) to remove duplicates of")
     p.add_argument("--ray-address", help="join this Ray cluster")
     p.add_argument("--limit", type=int, help="take only the first N rows")
     p.set_defaults(fn=cmd_stage)

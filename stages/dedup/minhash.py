@@ -308,6 +308,11 @@ class DedupMinhashParams(Params):
     rows: int = Field(0, ge=0, description="rows per band (with bands)")
     keep: str = Field("first", description="which member of a cluster survives: first (lowest ordinal) or largest "
                                           "(longest text)")
+    against: list[str] = Field(default_factory=list, description="indexes of earlier runs (<run>/index/dedup_minhash): "
+                                                                  "samples that near-duplicate them are removed")
+    against_reason: Literal["duplicate", "contaminated"] = Field(
+        "duplicate", description="reason for those: duplicate (a refresh) or contaminated (an evaluation set)")
+    write_index: bool = Field(True, description="write the kept samples' bands and shingles to <output>/index/")
 
     @field_validator("keep")
     @classmethod
@@ -315,6 +320,11 @@ class DedupMinhashParams(Params):
         if v not in ("first", "largest"):
             raise ValueError("keep must be 'first' or 'largest'")
         return v
+
+    @field_validator("against", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        return [v] if isinstance(v, str) else v
 
 
 class DedupMinhash(Stage):
@@ -346,21 +356,37 @@ class DedupMinhash(Stage):
             return [f"{(1 << 40) - s:013d}{o:020d}|{i}" for s, o, i in zip(sizes, ordinal, ids)]
         return [f"{o:020d}|{i}" for o, i in zip(ordinal, ids)]
 
-    # one row per (document, band)
-    def _band_rows(self, table: pa.Table) -> pa.Table:
+    INDEX_KEYS = ("num_perm", "seed", "bits", "tokenizer", "ngram")
+
+    def _signature_rows(self, table: pa.Table) -> pa.Table:
+        """Per non-empty document: its label, band hashes and shingle hashes (what the index keeps)."""
         p = self.params
         bands, rows = self.banding()
         texts = [t or "" for t in table.column(p.field).to_pylist()]
         bh = band_hashes(signatures(texts, p.num_perm, p.seed, p.tokenizer, p.ngram, p.bits), bands, rows)
         shingle_sets = [shingle_hashes(t, p.tokenizer, p.ngram, p.bits) for t in texts]
         labels = self.labels_of(table)
-        keep = [i for i, s in enumerate(shingle_sets) if s.size]  # an empty text has no near-duplicates
+        keep = [i for i, sh in enumerate(shingle_sets) if sh.size]  # an empty text has no near-duplicates
         return pa.table({
-            "bucket": pa.array(bh[keep].reshape(-1), pa.uint64()),
-            "label": pa.array(np.repeat(np.array(labels, dtype=object)[keep], bands) if keep else [], pa.string()),
-            "shingles": pa.array([shingle_sets[i].tolist() for i in keep for _ in range(bands)],
-                                 pa.list_(pa.uint64() if p.bits == 64 else pa.uint32())),
+            "_sig": pa.array([labels[i] for i in keep], pa.string()),
+            "_bands": pa.array([bh[i].tolist() for i in keep], pa.list_(pa.uint64())),
+            "_shingles": pa.array([shingle_sets[i].tolist() for i in keep],
+                                  pa.list_(pa.uint64() if p.bits == 64 else pa.uint32())),
         })
+
+    @staticmethod
+    def _band_rows(sig: pa.Table, prefix: str = "") -> pa.Table:
+        """One row per (document, band): the bucket it falls in, with what verification needs."""
+        counts = pc.list_value_length(sig.column("_bands")).to_numpy()
+        idx = np.repeat(np.arange(sig.num_rows), counts)
+        labels = sig.column("_sig")
+        if prefix:  # an index's samples rank before every new one: they are the survivors
+            labels = pa.array([f"{prefix}|{lbl.split('|', 1)[1]}" for lbl in labels.to_pylist()], pa.string())
+        return pa.table({"bucket": pc.list_flatten(sig.column("_bands")), "label": pc.take(labels, pa.array(idx)),
+                         "shingles": pc.take(sig.column("_shingles"), pa.array(idx))})
+
+    def _index_band_rows(self, sig: pa.Table) -> pa.Table:
+        return self._band_rows(sig, prefix="!")
 
     def _verify(self, _: int, t: pa.Table) -> pa.Table:
         """Pairs that share a bucket and really are >= threshold: edges both ways."""
@@ -392,31 +418,71 @@ class DedupMinhash(Stage):
         edges = pa.table({"_node": pa.array(src, pa.string()), "_peer": pa.array(dst, pa.string())})
         return edges.group_by(["_node", "_peer"]).aggregate([]) if edges.num_rows else edges
 
+    def _index_parts(self) -> list[str]:
+        """Parts of the indexes in `against`, after checking that they were made alike."""
+        import json
+
+        from pipeline import fs
+
+        parts = []
+        for index in self.params.against:
+            try:
+                made = json.loads(fs.read_bytes(fs.join(index, "index.json")))
+            except FileNotFoundError:
+                raise ValueError(f"{index}: no index.json: not a dedup_minhash index") from None
+            ours = {k: getattr(self.params, k) for k in self.INDEX_KEYS} | dict(zip(("bands", "rows"), self.banding()))
+            theirs = {k: made.get(k) for k in ours}
+            if theirs != ours:
+                raise ValueError(f"{index} was built with {theirs}; this stage has {ours}: they must match")
+            parts += [fs.join(index, i.path.rsplit("/", 1)[1]) for i in fs.list_files(index)
+                      if i.path.endswith(".parquet")]
+        return parts
+
     def run_global(self, ds, ctx) -> list[dict[str, Any]]:
+        import json
+
+        from pipeline import fs
+
         p = self.params
         bands, rows = self.banding()
+        index_parts = self._index_parts()
         n = max(1, math.ceil(ctx.upstream_kept * bands / ROWS_PER_PARTITION))
         print(f"[mmcurate] {self.name}: LSH {bands} bands x {rows} rows; a pair at J={p.threshold} becomes a "
-              f"candidate with probability {candidate_probability(p.threshold, bands, rows):.4f}")
-        band_refs = map_tables(ctx.parts, self._band_rows)
+              f"candidate with probability {candidate_probability(p.threshold, bands, rows):.4f}"
+              + (f"; against {len(index_parts)} index parts" if index_parts else ""))
+        sigs = map_tables(ctx.parts, self._signature_rows)
+        band_refs = map_tables(sigs, self._band_rows) + map_tables(index_parts, self._index_band_rows)
         edges = hash_partition(band_refs, n, _by_column("bucket", n, numeric=True), self._verify, fetch=False)
         labels, rounds = _components(edges, n)
         print(f"[mmcurate] {self.name}: connected components settled in {rounds} rounds")
+        index_tmp = ctx.run.tmp_dir("index", self.name) if p.write_index else None
         stage = self
 
-        def assign(table: pa.Table) -> np.ndarray:  # data rows by sample_id, label rows by the id in _node
-            ids = [k.split("|", 1)[1] for k in table.column("_node").to_pylist()] if "_node" in table.column_names \
-                else table.column("sample_id").to_pylist()
-            return partition_of(pa.array(ids, pa.string()), n)
+        def assign(table: pa.Table) -> np.ndarray:  # everything about one sample meets in one partition
+            for col in ("_node", "_sig"):
+                if col in table.column_names:
+                    ids = [k.split("|", 1)[1] for k in table.column(col).to_pylist()]
+                    return partition_of(pa.array(ids, pa.string()), n)
+            return partition_of(table.column("sample_id"), n)
 
-        def apply(_: int, table: pa.Table) -> dict[str, Any]:
-            is_label = pc.is_valid(table.column("_node"))
+        def apply(part: int, table: pa.Table) -> dict[str, Any]:
+            is_label, is_sig = pc.is_valid(table.column("_node")), pc.is_valid(table.column("_sig"))
             found = table.filter(is_label)
             component = dict(zip(found.column("_node").to_pylist(), found.column("_label").to_pylist()))
-            data = table.filter(pc.invert(is_label)).drop_columns(["_node", "_label"])
+            data = table.filter(pc.invert(pc.or_(is_label, is_sig)))
+            data = data.drop_columns(["_node", "_label", "_sig", "_bands", "_shingles"])
+            if index_tmp:  # the survivors' signatures, for later runs to be checked against
+                sig = table.filter(is_sig).select(["_sig", "_bands", "_shingles"])
+                survives = [component.get(lbl, lbl) == lbl for lbl in sig.column("_sig").to_pylist()]
+                fs.write_parquet(fs.join(index_tmp, f"part-{part:06d}.parquet"), sig.filter(pa.array(survives)))
             return ctx.writer(stage.mark(data, component)).to_pylist()[0]
 
-        return hash_partition(list(ctx.parts) + [_only_labels.remote(r) for r in labels], n, assign, apply)
+        stats = hash_partition(list(ctx.parts) + [_only_labels.remote(r) for r in labels] + sigs, n, assign, apply)
+        if index_tmp:
+            made = {k: getattr(p, k) for k in self.INDEX_KEYS} | {"bands": bands, "rows": rows}
+            fs.write_bytes(fs.join(index_tmp, "index.json"), json.dumps(made, indent=1).encode())
+            fs.replace_dir(index_tmp, fs.join(ctx.run.root, "index", self.name))
+        return stats
 
     def mark(self, table: pa.Table, component: dict[str, str]) -> pa.Table:
         """Reject every member of a component but its minimum label."""
@@ -428,8 +494,11 @@ class DedupMinhash(Stage):
             clusters.append(cluster)
             if root and root != label:
                 keeper = root.split("|", 1)[1]
-                rejects.append(ledger.reject("duplicate", f"near-duplicate (Jaccard >= {self.params.threshold}) "
-                                             f"of {keeper}", duplicate_of=keeper, cluster_id=cluster))
+                earlier = root.startswith("!")  # a sample of an index we were pointed at
+                reason = self.params.against_reason if earlier else "duplicate"
+                where = " in an earlier index" if earlier else ""
+                rejects.append(ledger.reject(reason, f"near-duplicate (Jaccard >= {self.params.threshold}) "
+                                             f"of {keeper}{where}", duplicate_of=keeper, cluster_id=cluster))
             else:
                 rejects.append(None)
         table = ledger.set_column(table, "cluster_id", pa.array(clusters, pa.string()))

@@ -145,3 +145,62 @@ def test_dedup_minhash_on_ray(ray_session, tmp_path, monkeypatch, others, rows_p
     assert set(rejects.column("cluster_id").to_pylist()) == {clusters["base"], clusters["chain_a"]}
     assert ledger.audit(out)["ok"]
     assert DedupMinhash(threshold=0.8).banding() == (18, 7)
+
+
+@pytest.mark.parametrize("reason", ["duplicate", "contaminated"])
+def test_index_round_trip_and_decontamination(ray_session, tmp_path, reason):
+    """Run 1 writes its index; run 2 (pointed at it) removes exactly its overlap with run 1:
+    exact copies and edited near-copies. With against_reason=contaminated this is
+    decontamination against an evaluation set."""
+    import json
+    import os
+
+    from pipeline import cli, fs, ledger
+
+    rng = np.random.default_rng(5)
+    vocab = [f"v{i}" for i in range(20000)]
+    first = {f"a{i}": list(rng.choice(vocab, 150)) for i in range(30)}
+    second = {f"b{i}": list(rng.choice(vocab, 150)) for i in range(30)}  # new
+    second |= {"copy_a3": first["a3"], "copy_a7": first["a7"],  # exact copies
+               "near_a11": _edit(first["a11"], [40], "x"), "near_a20": _edit(first["a20"], [75, 120], "y")}
+
+    def write(name, docs):
+        path = tmp_path / f"{name}.jsonl"
+        with open(path, "w") as f:
+            for key, words in docs.items():
+                f.write(json.dumps({"key": key, "text": " ".join(words)}) + "\n")
+        return str(path)
+
+    run1, run2 = str(tmp_path / "run1"), str(tmp_path / "run2")
+    assert cli.main(["stage", "dedup_minhash", "--input", write("first", first), "--output", run1,
+                     "--set", "field=text"]) == 0
+    index = os.path.join(run1, "index", "dedup_minhash")
+    assert json.loads(fs.read_bytes(os.path.join(index, "index.json")))["bands"] == 18
+    assert cli.main(["stage", "dedup_minhash", "--input", write("second", second), "--output", run2,
+                     "--set", "field=text", "--set", f"against_reason={reason}", "--against", index]) == 0
+    rejects = fs.read_parquet_dir(os.path.join(run2, "rejects", "01-dedup_minhash"))
+    removed = dict(zip(rejects.column("key").to_pylist(), rejects.column("reject_reason").to_pylist()))
+    assert removed == {k: reason for k in ("copy_a3", "copy_a7", "near_a11", "near_a20")}
+    run1_ids = dict(zip(*(fs.read_parquet_dir(os.path.join(run1, "stages", "01-dedup_minhash")).column(c).to_pylist()
+                          for c in ("key", "sample_id"))))
+    dup_of = dict(zip(rejects.column("key").to_pylist(), rejects.column("duplicate_of").to_pylist()))
+    assert dup_of["copy_a3"] == run1_ids["a3"] and dup_of["near_a20"] == run1_ids["a20"]
+    assert ledger.audit(run2)["ok"]
+    # run 2's own index holds only its survivors: the 30 new documents
+    assert fs.read_parquet_dir(os.path.join(run2, "index", "dedup_minhash")).num_rows == 30
+
+
+def test_an_index_made_differently_is_refused(ray_session, tmp_path):
+    import json
+    import os
+
+    from pipeline import cli
+
+    docs = tmp_path / "d.jsonl"
+    docs.write_text("".join(json.dumps({"text": f"document number {i} with some words in it"}) + "\n"
+                            for i in range(5)))
+    assert cli.main(["stage", "dedup_minhash", "--input", str(docs), "--output", str(tmp_path / "r1"),
+                     "--set", "field=text"]) == 0
+    index = os.path.join(str(tmp_path / "r1"), "index", "dedup_minhash")
+    assert cli.main(["stage", "dedup_minhash", "--input", str(docs), "--output", str(tmp_path / "r2"),
+                     "--set", "field=text", "--set", "num_perm=64", "--against", index]) == 2
