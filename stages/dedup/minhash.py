@@ -375,48 +375,63 @@ class DedupMinhash(Stage):
         })
 
     @staticmethod
-    def _band_rows(sig: pa.Table, prefix: str = "") -> pa.Table:
-        """One row per (document, band): the bucket it falls in, with what verification needs."""
+    def _relabel(sig: pa.Table) -> pa.Table:
+        """An index's samples rank before every new one ("!" sorts first): they survive."""
+        labels = [f"!|{lbl.split('|', 1)[1]}" for lbl in sig.column("_sig").to_pylist()]
+        return sig.set_column(sig.schema.get_field_index("_sig"), "_sig", pa.array(labels, pa.string()))
+
+    @staticmethod
+    def _band_rows(sig: pa.Table) -> pa.Table:
+        """One small row per (document, band): the bucket it falls in."""
         counts = pc.list_value_length(sig.column("_bands")).to_numpy()
-        idx = np.repeat(np.arange(sig.num_rows), counts)
-        labels = sig.column("_sig")
-        if prefix:  # an index's samples rank before every new one: they are the survivors
-            labels = pa.array([f"{prefix}|{lbl.split('|', 1)[1]}" for lbl in labels.to_pylist()], pa.string())
-        return pa.table({"bucket": pc.list_flatten(sig.column("_bands")), "label": pc.take(labels, pa.array(idx)),
-                         "shingles": pc.take(sig.column("_shingles"), pa.array(idx))})
+        idx = pa.array(np.repeat(np.arange(sig.num_rows), counts))
+        return pa.table({"bucket": pc.list_flatten(sig.column("_bands")), "label": pc.take(sig.column("_sig"), idx)})
 
-    def _index_band_rows(self, sig: pa.Table) -> pa.Table:
-        return self._band_rows(sig, prefix="!")
-
-    def _verify(self, _: int, t: pa.Table) -> pa.Table:
-        """Pairs that share a bucket and really are >= threshold: edges both ways."""
-        src, dst = [], []
+    @staticmethod
+    def _candidates(_: int, t: pa.Table) -> pa.Table:
+        """Pairs that share a bucket (a < b), once each however many buckets they share."""
+        a, b = [], []
         if t.num_rows:
             t = t.take(pc.sort_indices(t, [("bucket", "ascending"), ("label", "ascending")]))
             buckets = t.column("bucket").to_numpy()
             labels = t.column("label").to_pylist()
-            sets = [np.asarray(s) for s in t.column("shingles").to_pylist()]
             starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]])
-            # Components need a spanning forest, not every edge: a pair already joined in
-            # this partition is not compared again (big clusters of copies stay cheap).
-            parent: dict[str, str] = {}
-
-            def root(x: str) -> str:
-                while parent.get(x, x) != x:
-                    parent[x] = parent.get(parent[x], parent[x])
-                    x = parent[x]
-                return x
-
             for s, e in zip(starts, np.r_[starts[1:], len(buckets)]):
                 for i in range(s, min(e, s + MAX_BUCKET_PAIRS)):  # the first 100 meet everyone
                     for j in range(i + 1, e):
-                        ri, rj = root(labels[i]), root(labels[j])
-                        if ri != rj and jaccard(sets[i], sets[j]) >= self.params.threshold:
-                            parent[ri] = rj
-                            src += [labels[i], labels[j]]
-                            dst += [labels[j], labels[i]]
-        edges = pa.table({"_node": pa.array(src, pa.string()), "_peer": pa.array(dst, pa.string())})
-        return edges.group_by(["_node", "_peer"]).aggregate([]) if edges.num_rows else edges
+                        if labels[i] != labels[j]:
+                            a.append(labels[i])
+                            b.append(labels[j])
+        pairs = pa.table({"_a": pa.array(a, pa.string()), "_b": pa.array(b, pa.string())})
+        return pairs.group_by(["_a", "_b"]).aggregate([]) if pairs.num_rows else pairs
+
+    @staticmethod
+    def _attach(_: int, t: pa.Table) -> pa.Table:
+        """Each pair picks up the shingles of its first member (both keyed by that label here)."""
+        is_sig = pc.is_valid(t.column("_sig"))
+        sig = t.filter(is_sig)
+        shingles = dict(zip(sig.column("_sig").to_pylist(), sig.column("_shingles").to_pylist()))
+        pairs = t.filter(pc.invert(is_sig))
+        a, b = pairs.column("_a").to_pylist(), pairs.column("_b").to_pylist()
+        keep = [i for i, x in enumerate(a) if x in shingles]
+        return pa.table({"_a": pa.array([a[i] for i in keep], pa.string()),
+                         "_b": pa.array([b[i] for i in keep], pa.string()),
+                         "_sha": pa.array([shingles[a[i]] for i in keep], sig.schema.field("_shingles").type)})
+
+    def _verify(self, _: int, t: pa.Table) -> pa.Table:
+        """Pairs whose exact Jaccard reaches the threshold: edges both ways."""
+        is_sig = pc.is_valid(t.column("_sig"))
+        sig = t.filter(is_sig)
+        shingles = dict(zip(sig.column("_sig").to_pylist(), sig.column("_shingles").to_pylist()))
+        pairs = t.filter(pc.invert(is_sig))
+        src, dst = [], []
+        for a, b, sha in zip(pairs.column("_a").to_pylist(), pairs.column("_b").to_pylist(),
+                             pairs.column("_sha").to_pylist()):
+            shb = shingles.get(b)
+            if shb is not None and jaccard(np.asarray(sha), np.asarray(shb)) >= self.params.threshold:
+                src += [a, b]
+                dst += [b, a]
+        return pa.table({"_node": pa.array(src, pa.string()), "_peer": pa.array(dst, pa.string())})
 
     def _index_parts(self) -> list[str]:
         """Parts of the indexes in `against`, after checking that they were made alike."""
@@ -451,8 +466,12 @@ class DedupMinhash(Stage):
               f"candidate with probability {candidate_probability(p.threshold, bands, rows):.4f}"
               + (f"; against {len(index_parts)} index parts" if index_parts else ""))
         sigs = map_tables(ctx.parts, self._signature_rows)
-        band_refs = map_tables(sigs, self._band_rows) + map_tables(index_parts, self._index_band_rows)
-        edges = hash_partition(band_refs, n, _by_column("bucket", n, numeric=True), self._verify, fetch=False)
+        every_sig = sigs + map_tables(index_parts, self._relabel)
+        # Candidates carry labels only; shingles join them by label, once per pair (not once per band).
+        pairs = hash_partition(map_tables(every_sig, self._band_rows), n, _by_column("bucket", n, numeric=True),
+                               self._candidates, fetch=False)
+        with_a = hash_partition(pairs + every_sig, n, _label_of("_a", n), self._attach, fetch=False)
+        edges = hash_partition(with_a + every_sig, n, _label_of("_b", n), self._verify, fetch=False)
         labels, rounds = _components(edges, n)
         print(f"[mmcurate] {self.name}: connected components settled in {rounds} rounds")
         index_tmp = ctx.run.tmp_dir("index", self.name) if p.write_index else None
@@ -503,6 +522,13 @@ class DedupMinhash(Stage):
                 rejects.append(None)
         table = ledger.set_column(table, "cluster_id", pa.array(clusters, pa.string()))
         return ledger.stamp_stage(ledger.with_rejects(table, rejects), self.name)
+
+
+def _label_of(column: str, n: int):
+    """Partition pair rows by one of their labels, and signature rows by theirs, alike."""
+    def assign(table: pa.Table) -> np.ndarray:
+        return partition_of(table.column(column if column in table.column_names else "_sig"), n)
+    return assign
 
 
 def _by_column(column: str, n: int, numeric: bool = False):
