@@ -289,7 +289,10 @@ from pipeline import ledger  # noqa: E402
 from pipeline.shuffle import hash_partition, map_tables, partition_of  # noqa: E402
 from pipeline.stage import Params, Resources, Stage  # noqa: E402
 
-MAX_BUCKET_PAIRS = 100  # in a bucket larger than this, members are compared with its first 100
+# Each member of a bucket is paired with its first ANCHORS members only: a bucket of k
+# copies makes k x ANCHORS candidates, not k^2 (a cluster needs a spanning tree, and
+# the other bands, whose buckets differ, add the pairs that one band leaves out).
+ANCHORS = 10
 ROWS_PER_PARTITION = 200_000
 
 
@@ -397,7 +400,7 @@ class DedupMinhash(Stage):
             labels = t.column("label").to_pylist()
             starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]])
             for s, e in zip(starts, np.r_[starts[1:], len(buckets)]):
-                for i in range(s, min(e, s + MAX_BUCKET_PAIRS)):  # the first 100 meet everyone
+                for i in range(s, min(e, s + ANCHORS)):
                     for j in range(i + 1, e):
                         if labels[i] != labels[j]:
                             a.append(labels[i])
