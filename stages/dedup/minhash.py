@@ -410,11 +410,13 @@ class DedupMinhash(Stage):
 
     @staticmethod
     def _attach(_: int, t: pa.Table) -> pa.Table:
-        """Each pair picks up the shingles of its first member (both keyed by that label here)."""
+        """Each distinct pair picks up the shingles of its first member (both keyed by that label here)."""
         is_sig = pc.is_valid(t.column("_sig"))
         sig = t.filter(is_sig)
         shingles = dict(zip(sig.column("_sig").to_pylist(), sig.column("_shingles").to_pylist()))
-        pairs = t.filter(pc.invert(is_sig))
+        # A pair shares up to every band and so arrives from up to `bands` bucket partitions:
+        # here, where all pairs of one _a meet, it is kept once before shingles ride along.
+        pairs = t.filter(pc.invert(is_sig)).select(["_a", "_b"]).group_by(["_a", "_b"]).aggregate([])
         a, b = pairs.column("_a").to_pylist(), pairs.column("_b").to_pylist()
         keep = [i for i, x in enumerate(a) if x in shingles]
         return pa.table({"_a": pa.array([a[i] for i in keep], pa.string()),
