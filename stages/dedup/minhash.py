@@ -11,16 +11,24 @@ fmix pre-mix, then a*h + b in uint32 / uint64), with datasketch's own parameters
 a seed, so `shingle_hash` passed as datasketch's `hashfunc` gives the very same
 signatures (tests/stages/dedup/test_minhash.py proves it bit for bit).
 
-Still to come for `dedup_minhash` (issue 4): banding on Ray, exact-Jaccard
-verification, connected components and the persisted index.
+The stage `dedup_minhash` at the end builds on these: LSH banding, exact-Jaccard
+verification and connected components, as Ray task shuffles, and a persisted index.
 """
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from typing import Any, Literal
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field, field_validator
+
+from pipeline import ledger
+from pipeline.shuffle import hash_partition, map_tables, partition_of
+from pipeline.stage import Params, Resources, Stage
 
 Tokenizer = Literal["word", "code", "char"]
 _WORD = re.compile(r"\w+")  # maximal runs of Unicode word characters
@@ -279,15 +287,6 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # -- the stage ------------------------------------------------------------------------------
-import math  # noqa: E402 - the stage below builds on the functions above
-
-import pyarrow as pa  # noqa: E402
-import pyarrow.compute as pc  # noqa: E402
-from pydantic import Field, field_validator  # noqa: E402
-
-from pipeline import ledger  # noqa: E402
-from pipeline.shuffle import hash_partition, map_tables, partition_of  # noqa: E402
-from pipeline.stage import Params, Resources, Stage  # noqa: E402
 
 # Each member of a bucket is paired with its first ANCHORS members only: a bucket of k
 # copies makes k x ANCHORS candidates, not k^2 (a cluster needs a spanning tree, and
