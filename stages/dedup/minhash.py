@@ -16,7 +16,6 @@ verification and connected components, as Ray task shuffles, and a persisted ind
 """
 from __future__ import annotations
 
-import math
 import re
 import unicodedata
 from typing import Any, Literal
@@ -24,11 +23,11 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from pipeline import ledger
-from pipeline.shuffle import hash_partition, map_tables, partition_of
-from pipeline.stage import Params, Resources, Stage
+from pipeline.shuffle import hash_partition, map_tables
+
+from .near import NearDuplicates, NearDupParams, by_column, verify_pairs
 
 Tokenizer = Literal["word", "code", "char"]
 _WORD = re.compile(r"\w+")  # maximal runs of Unicode word characters
@@ -292,10 +291,9 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
 # copies makes k x ANCHORS candidates, not k^2 (a cluster needs a spanning tree, and
 # the other bands, whose buckets differ, add the pairs that one band leaves out).
 ANCHORS = 10
-ROWS_PER_PARTITION = 200_000
 
 
-class DedupMinhashParams(Params):
+class DedupMinhashParams(NearDupParams):
     field: str = Field("text", description="text column to compare")
     threshold: float = Field(0.8, gt=0, lt=1, description="Jaccard at or above which two texts are near-duplicates "
                                                           "(0.8: ANCHORS side-by-side; The Stack v1 used 0.85)")
@@ -308,39 +306,15 @@ class DedupMinhashParams(Params):
     bands: int = Field(0, ge=0, description="LSH bands; 0 = chosen so that a pair at threshold is a candidate "
                                             "with probability >= 0.95")
     rows: int = Field(0, ge=0, description="rows per band (with bands)")
-    keep: str = Field("first", description="which member of a cluster survives: first (lowest ordinal) or largest "
-                                          "(longest text)")
-    against: list[str] = Field(default_factory=list, description="indexes of earlier runs (<run>/index/dedup_minhash): "
-                                                                  "samples that near-duplicate them are removed")
-    against_reason: Literal["duplicate", "contaminated"] = Field(
-        "duplicate", description="reason for those: duplicate (a refresh) or contaminated (an evaluation set)")
-    write_index: bool = Field(True, description="write the kept samples' bands and shingles to <output>/index/")
-
-    @field_validator("keep")
-    @classmethod
-    def _keep_rule(cls, v: str) -> str:
-        if v not in ("first", "largest"):
-            raise ValueError("keep must be 'first' or 'largest'")
-        return v
-
-    @field_validator("against", mode="before")
-    @classmethod
-    def _one_or_many(cls, v):
-        return [v] if isinstance(v, str) else v
 
 
-class DedupMinhash(Stage):
-    """Near-duplicate texts: MinHash LSH with exact-Jaccard verification, connected
-    components by min-label propagation, all as Ray task shuffles.
-
-    A label is "<rank>|<sample_id>", so the minimum label of a component names the
-    survivor under the keep rule; every other member is rejected as `duplicate`.
-    """
+class DedupMinhash(NearDuplicates):
+    """Near-duplicate texts: MinHash LSH with exact-Jaccard verification, then the
+    connected components and keep rule of stages.dedup.near."""
 
     name = "dedup_minhash"
-    kind = "global"
     Params = DedupMinhashParams
-    resources = Resources(num_cpus=1)
+    cluster_prefix = "m"
 
     def banding(self) -> tuple[int, int]:
         p = self.params
@@ -350,17 +324,29 @@ class DedupMinhash(Stage):
             return p.bands, p.rows
         return choose_bands(p.threshold, p.num_perm)
 
-    def labels_of(self, table: pa.Table) -> list[str]:
-        ordinal = table.column("ordinal").to_pylist()
-        ids = table.column("sample_id").to_pylist()
-        if self.params.keep == "largest":
-            sizes = [len(t or "") for t in table.column(self.params.field).to_pylist()]
-            return [f"{(1 << 40) - s:013d}{o:020d}|{i}" for s, o, i in zip(sizes, ordinal, ids)]
-        return [f"{o:020d}|{i}" for o, i in zip(ordinal, ids)]
+    @property
+    def similarity(self) -> str:
+        return f"near-duplicate (Jaccard >= {self.params.threshold})"
 
-    INDEX_KEYS = ("num_perm", "seed", "bits", "tokenizer", "ngram")
+    def describe(self) -> str:
+        bands, rows = self.banding()
+        p = candidate_probability(self.params.threshold, bands, rows)
+        return (f"LSH {bands} bands x {rows} rows; a pair at J={self.params.threshold} becomes a candidate "
+                f"with probability {p:.4f}")
 
-    def _signature_rows(self, table: pa.Table) -> pa.Table:
+    def index_settings(self) -> dict[str, Any]:
+        p = self.params
+        bands, rows = self.banding()
+        return {"num_perm": p.num_perm, "seed": p.seed, "bits": p.bits, "tokenizer": p.tokenizer, "ngram": p.ngram,
+                "bands": bands, "rows": rows}
+
+    def size_of(self, table: pa.Table) -> list[int]:
+        return [len(t or "") for t in table.column(self.params.field).to_pylist()]
+
+    def rows_per_sample(self) -> int:
+        return self.banding()[0]
+
+    def signature_rows(self, table: pa.Table) -> pa.Table:
         """Per non-empty document: its label, band hashes and shingle hashes (what the index keeps)."""
         p = self.params
         bands, rows = self.banding()
@@ -376,237 +362,34 @@ class DedupMinhash(Stage):
                                   pa.list_(pa.uint64() if p.bits == 64 else pa.uint32())),
         })
 
-    @staticmethod
-    def _relabel(sig: pa.Table) -> pa.Table:
-        """An index's samples rank before every new one ("!" sorts first): they survive."""
-        labels = [f"!|{lbl.split('|', 1)[1]}" for lbl in sig.column("_sig").to_pylist()]
-        return sig.set_column(sig.schema.get_field_index("_sig"), "_sig", pa.array(labels, pa.string()))
-
-    @staticmethod
-    def _band_rows(sig: pa.Table) -> pa.Table:
-        """One small row per (document, band): the bucket it falls in."""
-        counts = pc.list_value_length(sig.column("_bands")).to_numpy()
-        idx = pa.array(np.repeat(np.arange(sig.num_rows), counts))
-        return pa.table({"bucket": pc.list_flatten(sig.column("_bands")), "label": pc.take(sig.column("_sig"), idx)})
-
-    @staticmethod
-    def _candidates(_: int, t: pa.Table) -> pa.Table:
-        """Pairs that share a bucket (a < b), once each however many buckets they share."""
-        a, b = [], []
-        if t.num_rows:
-            t = t.take(pc.sort_indices(t, [("bucket", "ascending"), ("label", "ascending")]))
-            buckets = t.column("bucket").to_numpy()
-            labels = t.column("label").to_pylist()
-            starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]])
-            for s, e in zip(starts, np.r_[starts[1:], len(buckets)]):
-                for i in range(s, min(e, s + ANCHORS)):
-                    for j in range(i + 1, e):
-                        if labels[i] != labels[j]:
-                            a.append(labels[i])
-                            b.append(labels[j])
-        pairs = pa.table({"_a": pa.array(a, pa.string()), "_b": pa.array(b, pa.string())})
-        return pairs.group_by(["_a", "_b"]).aggregate([]) if pairs.num_rows else pairs
-
-    @staticmethod
-    def _attach(_: int, t: pa.Table) -> pa.Table:
-        """Each distinct pair picks up the shingles of its first member (both keyed by that label here)."""
-        is_sig = pc.is_valid(t.column("_sig"))
-        sig = t.filter(is_sig)
-        shingles = dict(zip(sig.column("_sig").to_pylist(), sig.column("_shingles").to_pylist()))
-        # A pair shares up to every band and so arrives from up to `bands` bucket partitions:
-        # here, where all pairs of one _a meet, it is kept once before shingles ride along.
-        pairs = t.filter(pc.invert(is_sig)).select(["_a", "_b"]).group_by(["_a", "_b"]).aggregate([])
-        a, b = pairs.column("_a").to_pylist(), pairs.column("_b").to_pylist()
-        keep = [i for i, x in enumerate(a) if x in shingles]
-        return pa.table({"_a": pa.array([a[i] for i in keep], pa.string()),
-                         "_b": pa.array([b[i] for i in keep], pa.string()),
-                         "_sha": pa.array([shingles[a[i]] for i in keep], sig.schema.field("_shingles").type)})
-
-    def _verify(self, _: int, t: pa.Table) -> pa.Table:
-        """Pairs whose exact Jaccard reaches the threshold: edges both ways."""
-        is_sig = pc.is_valid(t.column("_sig"))
-        sig = t.filter(is_sig)
-        shingles = dict(zip(sig.column("_sig").to_pylist(), sig.column("_shingles").to_pylist()))
-        pairs = t.filter(pc.invert(is_sig))
-        src, dst = [], []
-        for a, b, sha in zip(pairs.column("_a").to_pylist(), pairs.column("_b").to_pylist(),
-                             pairs.column("_sha").to_pylist()):
-            shb = shingles.get(b)
-            if shb is not None and jaccard(np.asarray(sha), np.asarray(shb)) >= self.params.threshold:
-                src += [a, b]
-                dst += [b, a]
-        return pa.table({"_node": pa.array(src, pa.string()), "_peer": pa.array(dst, pa.string())})
-
-    def _index_parts(self) -> list[str]:
-        """Parts of the indexes in `against`, after checking that they were made alike."""
-        import json
-
-        from pipeline import fs
-
-        parts = []
-        for index in self.params.against:
-            try:
-                made = json.loads(fs.read_bytes(fs.join(index, "index.json")))
-            except FileNotFoundError:
-                raise ValueError(f"{index}: no index.json: not a dedup_minhash index") from None
-            ours = {k: getattr(self.params, k) for k in self.INDEX_KEYS} | dict(zip(("bands", "rows"), self.banding()))
-            theirs = {k: made.get(k) for k in ours}
-            if theirs != ours:
-                raise ValueError(f"{index} was built with {theirs}; this stage has {ours}: they must match")
-            parts += [fs.join(index, i.path.rsplit("/", 1)[1]) for i in fs.list_files(index)
-                      if i.path.endswith(".parquet")]
-        return parts
-
-    def run_global(self, ds, ctx) -> list[dict[str, Any]]:
-        import json
-
-        from pipeline import fs
-
-        p = self.params
-        bands, rows = self.banding()
-        index_parts = self._index_parts()
-        n = max(1, math.ceil(ctx.upstream_kept * bands / ROWS_PER_PARTITION))
-        print(f"[mmcurate] {self.name}: LSH {bands} bands x {rows} rows; a pair at J={p.threshold} becomes a "
-              f"candidate with probability {candidate_probability(p.threshold, bands, rows):.4f}"
-              + (f"; against {len(index_parts)} index parts" if index_parts else ""))
-        sigs = map_tables(ctx.parts, self._signature_rows)
-        every_sig = sigs + map_tables(index_parts, self._relabel)
+    def find_edges(self, sigs: list, n: int) -> list:
         # Candidates carry labels only; shingles join them by label, once per pair (not once per band).
-        pairs = hash_partition(map_tables(every_sig, self._band_rows), n, _by_column("bucket", n, numeric=True),
-                               self._candidates, fetch=False)
-        with_a = hash_partition(pairs + every_sig, n, _label_of("_a", n), self._attach, fetch=False)
-        edges = hash_partition(with_a + every_sig, n, _label_of("_b", n), self._verify, fetch=False)
-        labels, rounds = _components(edges, n)
-        print(f"[mmcurate] {self.name}: connected components settled in {rounds} rounds")
-        index_tmp = ctx.run.tmp_dir("index", self.name) if p.write_index else None
-        stage = self
-
-        def assign(table: pa.Table) -> np.ndarray:  # everything about one sample meets in one partition
-            for col in ("_node", "_sig"):
-                if col in table.column_names:
-                    ids = [k.split("|", 1)[1] for k in table.column(col).to_pylist()]
-                    return partition_of(pa.array(ids, pa.string()), n)
-            return partition_of(table.column("sample_id"), n)
-
-        def apply(part: int, table: pa.Table) -> dict[str, Any]:
-            is_label, is_sig = pc.is_valid(table.column("_node")), pc.is_valid(table.column("_sig"))
-            found = table.filter(is_label)
-            component = dict(zip(found.column("_node").to_pylist(), found.column("_label").to_pylist()))
-            data = table.filter(pc.invert(pc.or_(is_label, is_sig)))
-            data = data.drop_columns(["_node", "_label", "_sig", "_bands", "_shingles"])
-            if index_tmp:  # the survivors' signatures, for later runs to be checked against
-                sig = table.filter(is_sig).select(["_sig", "_bands", "_shingles"])
-                survives = [component.get(lbl, lbl) == lbl for lbl in sig.column("_sig").to_pylist()]
-                fs.write_parquet(fs.join(index_tmp, f"part-{part:06d}.parquet"), sig.filter(pa.array(survives)))
-            return ctx.writer(stage.mark(data, component)).to_pylist()[0]
-
-        stats = hash_partition(list(ctx.parts) + [_only_labels.remote(r) for r in labels] + sigs, n, assign, apply)
-        if index_tmp:
-            made = {k: getattr(p, k) for k in self.INDEX_KEYS} | {"bands": bands, "rows": rows}
-            fs.write_bytes(fs.join(index_tmp, "index.json"), json.dumps(made, indent=1).encode())
-            fs.replace_dir(index_tmp, fs.join(ctx.run.root, "index", self.name))
-        return stats
-
-    def mark(self, table: pa.Table, component: dict[str, str]) -> pa.Table:
-        """Reject every member of a component but its minimum label."""
-        own = self.labels_of(table)
-        rejects, clusters = [], []
-        for label in own:
-            root = component.get(label)
-            cluster = f"m{root.split('|', 1)[1]}" if root else None
-            clusters.append(cluster)
-            if root and root != label:
-                keeper = root.split("|", 1)[1]
-                earlier = root.startswith("!")  # a sample of an index we were pointed at
-                reason = self.params.against_reason if earlier else "duplicate"
-                where = " in an earlier index" if earlier else ""
-                rejects.append(ledger.reject(reason, f"near-duplicate (Jaccard >= {self.params.threshold}) "
-                                             f"of {keeper}{where}", duplicate_of=keeper, cluster_id=cluster))
-            else:
-                rejects.append(None)
-        table = ledger.set_column(table, "cluster_id", pa.array(clusters, pa.string()))
-        return ledger.stamp_stage(ledger.with_rejects(table, rejects), self.name)
+        pairs = hash_partition(map_tables(sigs, _band_rows), n, by_column("bucket", n, numeric=True),
+                               _candidates, fetch=False)
+        threshold = self.params.threshold
+        return verify_pairs(pairs, sigs, n, "_shingles", lambda a, b: jaccard(a, b) >= threshold)
 
 
-def _label_of(column: str, n: int):
-    """Partition pair rows by one of their labels, and signature rows by theirs, alike."""
-    def assign(table: pa.Table) -> np.ndarray:
-        return partition_of(table.column(column if column in table.column_names else "_sig"), n)
-    return assign
+def _band_rows(sig: pa.Table) -> pa.Table:
+    """One small row per (document, band): the bucket it falls in."""
+    counts = pc.list_value_length(sig.column("_bands")).to_numpy()
+    idx = pa.array(np.repeat(np.arange(sig.num_rows), counts))
+    return pa.table({"bucket": pc.list_flatten(sig.column("_bands")), "label": pc.take(sig.column("_sig"), idx)})
 
 
-def _by_column(column: str, n: int, numeric: bool = False):
-    def assign(table: pa.Table) -> np.ndarray:
-        if numeric:
-            return (table.column(column).to_numpy().astype(np.uint64) % np.uint64(n)).astype(np.int64)
-        return partition_of(table.column(column), n)
-    return assign
-
-
-_EMPTY_LABELS = {"_node": pa.string(), "_label": pa.string(), "_changed": pa.int64()}
-
-
-def _propagate(_: int, t: pa.Table) -> pa.Table:
-    """Per node: its current label goes to every peer, and stays with the node as its old label."""
-    is_label = pc.is_valid(t.column("_label"))
-    held = t.filter(is_label)
-    current = dict(zip(held.column("_node").to_pylist(), held.column("_label").to_pylist()))
-    edges = t.filter(pc.invert(is_label))
-    nodes, labels, old = list(current), list(current.values()), list(current.values())
-    for node, peer in zip(edges.column("_node").to_pylist(), edges.column("_peer").to_pylist()):
-        nodes.append(peer)
-        labels.append(current.get(node, node))
-        old.append(None)
-    return pa.table({"_node": pa.array(nodes, pa.string()), "_label": pa.array(labels, pa.string()),
-                     "_old": pa.array(old, pa.string())})
-
-
-def _settle(_: int, t: pa.Table) -> pa.Table:
-    """Per node: the smallest label it heard; _changed marks nodes whose label moved."""
-    if not t.num_rows:
-        return pa.table({k: pa.array([], v) for k, v in _EMPTY_LABELS.items()})
-    best = t.group_by("_node").aggregate([("_label", "min"), ("_old", "min")])
-    changed = pc.cast(pc.not_equal(best.column("_label_min"), pc.coalesce(best.column("_old_min"), "")), pa.int64())
-    return pa.table({"_node": best.column("_node"), "_label": best.column("_label_min"), "_changed": changed})
-
-
-def _seed(_: int, t: pa.Table) -> pa.Table:
-    """Every node of the graph starts with its own label (its rank and id)."""
-    nodes = pc.unique(t.column("_node")) if t.num_rows else pa.array([], pa.string())
-    return pa.table({"_node": nodes, "_label": nodes, "_changed": pa.array([1] * len(nodes), pa.int64())})
-
-
-def _components(edges: list, n: int, max_rounds: int = 100) -> tuple[list, int]:
-    """Min-label propagation over the edge partitions until no label moves.
-
-    Each round sends every node's label to its neighbours and keeps the minimum. No
-    process sees more than one partition of edges or labels: the driver holds
-    references, and one count per partition per round.
-    """
-    import ray
-
-    by_node = _by_column("_node", n)
-    labels = hash_partition(edges, n, by_node, _seed, fetch=False)
-    for rounds in range(1, max_rounds + 1):
-        messages = hash_partition(list(edges) + [_only_labels.remote(r) for r in labels], n, by_node,
-                                  _propagate, fetch=False)
-        labels = hash_partition(messages, n, by_node, _settle, fetch=False)
-        if sum(ray.get([_changed.remote(r) for r in labels])) == 0:
-            return labels, rounds
-    raise RuntimeError(f"connected components did not settle in {max_rounds} rounds")
-
-
-def _remote(fn):
-    import ray
-
-    return ray.remote(fn)
-
-
-@_remote
-def _only_labels(t: pa.Table) -> pa.Table:
-    return t.select(["_node", "_label"])
-
-
-@_remote
-def _changed(t: pa.Table) -> int:
-    return int(pc.sum(t.column("_changed")).as_py() or 0)
+def _candidates(_: int, t: pa.Table) -> pa.Table:
+    """Pairs that share a bucket (a < b), once each however many buckets they share."""
+    a, b = [], []
+    if t.num_rows:
+        t = t.take(pc.sort_indices(t, [("bucket", "ascending"), ("label", "ascending")]))
+        buckets = t.column("bucket").to_numpy()
+        labels = t.column("label").to_pylist()
+        starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]])
+        for s, e in zip(starts, np.r_[starts[1:], len(buckets)]):
+            for i in range(s, min(e, s + ANCHORS)):
+                for j in range(i + 1, e):
+                    if labels[i] != labels[j]:
+                        a.append(labels[i])
+                        b.append(labels[j])
+    pairs = pa.table({"_a": pa.array(a, pa.string()), "_b": pa.array(b, pa.string())})
+    return pairs.group_by(["_a", "_b"]).aggregate([]) if pairs.num_rows else pairs

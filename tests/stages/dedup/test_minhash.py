@@ -107,9 +107,9 @@ def test_dedup_minhash_on_ray(ray_session, tmp_path, monkeypatch, others, rows_p
     import json
     import os
 
-    import stages.dedup.minhash
+    import stages.dedup.near
 
-    monkeypatch.setattr(stages.dedup.minhash, "ROWS_PER_PARTITION", rows_per_partition)
+    monkeypatch.setattr(stages.dedup.near, "ROWS_PER_PARTITION", rows_per_partition)
 
     from pipeline import cli, fs, ledger
     from stages.dedup.minhash import DedupMinhash, jaccard

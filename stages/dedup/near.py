@@ -1,0 +1,340 @@
+"""What the near-duplicate stages share: keep rules, the persisted index, exact
+verification of candidate pairs, connected components, and the final marking.
+
+A near-duplicate stage turns each sample into one *signature row* (`_sig`, its
+label, plus whatever finding and verifying need), finds verified *edges* between
+labels (its own business: MinHash bands, pHash chunks), and leaves the rest here:
+
+    signature rows -> edges -> connected components (min-label propagation) -> apply
+
+A label is "<rank>|<sample_id>" with the rank from the keep rule, so the minimum
+label of a component names its survivor. Samples of an index from an earlier run
+rank "!", before every new one: they always survive (they are published already).
+All of it runs as Ray task shuffles (pipeline.shuffle): the driver holds
+references and a count per partition per round, never the graph.
+"""
+from __future__ import annotations
+
+import json
+import math
+import struct
+from typing import Any, Callable, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field, field_validator
+
+from pipeline import fs, ledger
+from pipeline.shuffle import hash_partition, map_tables, partition_of
+from pipeline.stage import Params, Resources, Stage
+
+ROWS_PER_PARTITION = 200_000  # rows of the widest shuffle that one task holds, about
+
+
+class NearDupParams(Params):
+    keep: str = Field("first", description="which member of a cluster survives: first (lowest ordinal), largest "
+                                          "(longest text / biggest image) or max:<column>")
+    against: list[str] = Field(default_factory=list, description="indexes of earlier runs (<run>/index/<stage>): "
+                                                                  "samples that near-duplicate them are removed")
+    against_reason: Literal["duplicate", "contaminated"] = Field(
+        "duplicate", description="reason for those: duplicate (a refresh) or contaminated (an evaluation set)")
+    write_index: bool = Field(True, description="write the kept samples' signatures to <output>/index/<stage>/")
+
+    @field_validator("keep")
+    @classmethod
+    def _keep_rule(cls, v: str) -> str:
+        if v not in ("first", "largest") and not (v.startswith("max:") and len(v) > 4):
+            raise ValueError("keep must be 'first', 'largest' or 'max:<column>'")
+        return v
+
+    @field_validator("against", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        return [v] if isinstance(v, str) else v
+
+
+def _descending(value: float | None) -> str:
+    """A string that sorts larger numbers first (None last): IEEE bits made order-preserving."""
+    if value is None or math.isnan(value):
+        return "1"
+    bits = struct.unpack(">Q", struct.pack(">d", -float(value)))[0]
+    bits = bits ^ 0xFFFFFFFFFFFFFFFF if bits >> 63 else bits | 1 << 63
+    return f"0{bits:016x}"
+
+
+class NearDuplicates(Stage):
+    """Base of dedup_minhash and dedup_phash. Subclasses give signature_rows, find_edges,
+    index_settings, size_of and similarity (words for the reject detail)."""
+
+    kind = "global"
+    resources = Resources(num_cpus=1)
+
+    # -- what a subclass provides -----------------------------------------------------
+    def signature_rows(self, table: pa.Table) -> pa.Table:
+        """One row per comparable sample: `_sig` (its label) and the columns find_edges needs."""
+        raise NotImplementedError
+
+    def find_edges(self, sigs: list, n: int) -> list:
+        """References to tables of verified edges (`_node`, `_peer`), both directions."""
+        raise NotImplementedError
+
+    def index_settings(self) -> dict[str, Any]:
+        """What an index must have been built with to be comparable with this stage."""
+        raise NotImplementedError
+
+    def size_of(self, table: pa.Table) -> list[int]:
+        """The size that keep=largest compares."""
+        raise NotImplementedError
+
+    similarity = "near-duplicate"  # words for the reject detail: "<similarity> of <keeper>"
+    cluster_prefix = "n"  # cluster_id = prefix + the survivor's sample_id
+
+    def describe(self) -> str:
+        return ""
+
+    # -- labels: the keep rule as a sortable string ---------------------------------------
+    def labels_of(self, table: pa.Table) -> list[str]:
+        ordinal = table.column("ordinal").to_pylist()
+        ids = table.column("sample_id").to_pylist()
+        rule = self.params.keep
+        if rule == "first":
+            ranks = [""] * len(ids)
+        elif rule == "largest":
+            ranks = [_descending(s) for s in self.size_of(table)]
+        else:
+            column = rule[4:]
+            if column not in table.column_names:
+                raise ValueError(f"keep={rule!r}: there is no column {column!r}")
+            ranks = [_descending(v) for v in table.column(column).to_pylist()]
+        return [f"{r}{o:020d}|{i}" for r, o, i in zip(ranks, ordinal, ids)]
+
+    # -- the persisted index --------------------------------------------------------------
+    def _index_parts(self) -> list[str]:
+        """Parts of the indexes in `against`, after checking that they were made alike."""
+        parts = []
+        ours = {"stage": self.name} | self.index_settings()
+        for index in self.params.against:
+            try:
+                made = json.loads(fs.read_bytes(fs.join(index, "index.json")))
+            except FileNotFoundError:
+                raise ValueError(f"{index}: no index.json: not a {self.name} index") from None
+            theirs = {k: made.get(k) for k in ours}
+            if theirs != ours:
+                raise ValueError(f"{index} was built with {theirs}; this stage has {ours}: they must match")
+            parts += [fs.join(index, i.path.rsplit("/", 1)[1]) for i in fs.list_files(index)
+                      if i.path.endswith(".parquet")]
+        return parts
+
+    @staticmethod
+    def _relabel(sig: pa.Table) -> pa.Table:
+        """An index's samples rank before every new one ("!" sorts first): they survive."""
+        labels = [f"!|{lbl.split('|', 1)[1]}" for lbl in sig.column("_sig").to_pylist()]
+        return sig.set_column(sig.schema.get_field_index("_sig"), "_sig", pa.array(labels, pa.string()))
+
+    # -- the run --------------------------------------------------------------------------
+    def run_global(self, ds, ctx) -> list[dict[str, Any]]:
+        index_parts = self._index_parts()
+        n = max(1, math.ceil(ctx.upstream_kept * self.rows_per_sample() / ROWS_PER_PARTITION))
+        print(f"[mmcurate] {self.name}: {self.describe()}"
+              + (f"; against {len(index_parts)} index parts" if index_parts else ""))
+        sigs = map_tables(ctx.parts, self.signature_rows)
+        edges = self.find_edges(sigs + map_tables(index_parts, self._relabel), n)
+        labels, rounds = components(edges, n)
+        print(f"[mmcurate] {self.name}: connected components settled in {rounds} rounds")
+        index_tmp = ctx.run.tmp_dir("index", self.name) if self.params.write_index else None
+        stage = self
+
+        def assign(table: pa.Table) -> np.ndarray:  # everything about one sample meets in one partition
+            for col in ("_node", "_sig"):
+                if col in table.column_names:
+                    ids = [k.split("|", 1)[1] for k in table.column(col).to_pylist()]
+                    return partition_of(pa.array(ids, pa.string()), n)
+            return partition_of(table.column("sample_id"), n)
+
+        def apply(part: int, table: pa.Table) -> dict[str, Any]:
+            is_label, is_sig = pc.is_valid(table.column("_node")), pc.is_valid(table.column("_sig"))
+            found = table.filter(is_label)
+            component = dict(zip(found.column("_node").to_pylist(), found.column("_label").to_pylist()))
+            sig = table.filter(is_sig)
+            data = table.filter(pc.invert(pc.or_(is_label, is_sig)))
+            data = data.drop_columns(["_node", "_label"] + sig_columns)
+            if index_tmp:  # the survivors' signatures, for later runs to be checked against
+                sig = sig.select(sig_columns)
+                survives = [component.get(lbl, lbl) == lbl for lbl in sig.column("_sig").to_pylist()]
+                fs.write_parquet(fs.join(index_tmp, f"part-{part:06d}.parquet"), sig.filter(pa.array(survives)))
+            return ctx.writer(stage.mark(data, component)).to_pylist()[0]
+
+        sig_columns = _column_names_of(sigs[0]) if sigs else ["_sig"]
+        stats = hash_partition(list(ctx.parts) + [_only_labels.remote(r) for r in labels] + sigs, n, assign, apply)
+        if index_tmp:
+            made = {"stage": self.name} | self.index_settings()
+            fs.write_bytes(fs.join(index_tmp, "index.json"), json.dumps(made, indent=1).encode())
+            fs.replace_dir(index_tmp, fs.join(ctx.run.root, "index", self.name))
+        return stats
+
+    def rows_per_sample(self) -> int:
+        """Rows one sample makes in the widest shuffle (sizes the partitions)."""
+        return 1
+
+    def mark(self, table: pa.Table, component: dict[str, str]) -> pa.Table:
+        """Reject every member of a component but its minimum label."""
+        rejects, clusters = [], []
+        for label in self.labels_of(table):
+            root = component.get(label)
+            cluster = f"{self.cluster_prefix}{root.split('|', 1)[1]}" if root else None
+            clusters.append(cluster)
+            if root and root != label:
+                keeper = root.split("|", 1)[1]
+                earlier = root.startswith("!")  # a sample of an index we were pointed at
+                reason = self.params.against_reason if earlier else "duplicate"
+                where = " in an earlier index" if earlier else ""
+                rejects.append(ledger.reject(reason, f"{self.similarity} of {keeper}{where}",
+                                             duplicate_of=keeper, cluster_id=cluster))
+            else:
+                rejects.append(None)
+        table = ledger.set_column(table, "cluster_id", pa.array(clusters, pa.string()))
+        return ledger.stamp_stage(ledger.with_rejects(table, rejects), self.name)
+
+
+def _column_names_of(ref) -> list[str]:
+    import ray
+
+    return ray.get(_column_names.remote(ref))
+
+
+# -- verification of candidate pairs by a payload column -----------------------------------
+def verify_pairs(pairs: list, sigs: list, n: int, payload: str,
+                 similar: Callable[[np.ndarray, np.ndarray], bool]) -> list:
+    """Candidate pairs (`_a`, `_b`) whose signature rows' `payload` satisfy similar(a, b):
+    edges both ways. Two joins by label, each a shuffle: the pair picks up a's payload
+    where a's signature row is, then meets b's."""
+    def attach(_: int, t: pa.Table) -> pa.Table:
+        is_sig = pc.is_valid(t.column("_sig"))
+        sig = t.filter(is_sig)
+        found = dict(zip(sig.column("_sig").to_pylist(), sig.column(payload).to_pylist()))
+        # A pair found in several buckets arrives several times: kept once before payloads ride along.
+        pairs = t.filter(pc.invert(is_sig)).select(["_a", "_b"]).group_by(["_a", "_b"]).aggregate([])
+        a, b = pairs.column("_a").to_pylist(), pairs.column("_b").to_pylist()
+        keep = [i for i, x in enumerate(a) if x in found]
+        return pa.table({"_a": pa.array([a[i] for i in keep], pa.string()),
+                         "_b": pa.array([b[i] for i in keep], pa.string()),
+                         "_pay": pa.array([found[a[i]] for i in keep], sig.schema.field(payload).type)})
+
+    def verify(_: int, t: pa.Table) -> pa.Table:
+        is_sig = pc.is_valid(t.column("_sig"))
+        sig = t.filter(is_sig)
+        found = dict(zip(sig.column("_sig").to_pylist(), sig.column(payload).to_pylist()))
+        pairs = t.filter(pc.invert(is_sig))
+        src, dst = [], []
+        for a, b, pay in zip(pairs.column("_a").to_pylist(), pairs.column("_b").to_pylist(),
+                             pairs.column("_pay").to_pylist()):
+            other = found.get(b)
+            if other is not None and similar(np.asarray(pay), np.asarray(other)):
+                src += [a, b]
+                dst += [b, a]
+        return edges_table(src, dst)
+
+    only = [_select.remote(s, ["_sig", payload]) for s in sigs]
+    with_a = hash_partition(list(pairs) + only, n, label_of("_a", n), attach, fetch=False)
+    return hash_partition(with_a + only, n, label_of("_b", n), verify, fetch=False)
+
+
+def edges_table(src: list[str], dst: list[str]) -> pa.Table:
+    return pa.table({"_node": pa.array(src, pa.string()), "_peer": pa.array(dst, pa.string())})
+
+
+def label_of(column: str, n: int):
+    """Partition pair rows by one of their labels, and signature rows by theirs, alike."""
+    def assign(table: pa.Table) -> np.ndarray:
+        return partition_of(table.column(column if column in table.column_names else "_sig"), n)
+    return assign
+
+
+def by_column(column: str, n: int, numeric: bool = False):
+    def assign(table: pa.Table) -> np.ndarray:
+        if numeric:
+            return (table.column(column).to_numpy().astype(np.uint64) % np.uint64(n)).astype(np.int64)
+        return partition_of(table.column(column), n)
+    return assign
+
+
+# -- connected components -------------------------------------------------------------------
+_EMPTY_LABELS = {"_node": pa.string(), "_label": pa.string(), "_changed": pa.int64()}
+
+
+def _propagate(_: int, t: pa.Table) -> pa.Table:
+    """Per node: its current label goes to every peer, and stays with the node as its old label."""
+    is_label = pc.is_valid(t.column("_label"))
+    held = t.filter(is_label)
+    current = dict(zip(held.column("_node").to_pylist(), held.column("_label").to_pylist()))
+    edges = t.filter(pc.invert(is_label))
+    nodes, labels, old = list(current), list(current.values()), list(current.values())
+    for node, peer in zip(edges.column("_node").to_pylist(), edges.column("_peer").to_pylist()):
+        nodes.append(peer)
+        labels.append(current.get(node, node))
+        old.append(None)
+    return pa.table({"_node": pa.array(nodes, pa.string()), "_label": pa.array(labels, pa.string()),
+                     "_old": pa.array(old, pa.string())})
+
+
+def _settle(_: int, t: pa.Table) -> pa.Table:
+    """Per node: the smallest label it heard; _changed marks nodes whose label moved."""
+    if not t.num_rows:
+        return pa.table({k: pa.array([], v) for k, v in _EMPTY_LABELS.items()})
+    best = t.group_by("_node").aggregate([("_label", "min"), ("_old", "min")])
+    changed = pc.cast(pc.not_equal(best.column("_label_min"), pc.coalesce(best.column("_old_min"), "")), pa.int64())
+    return pa.table({"_node": best.column("_node"), "_label": best.column("_label_min"), "_changed": changed})
+
+
+def _seed(_: int, t: pa.Table) -> pa.Table:
+    """Every node of the graph starts with its own label (its rank and id)."""
+    nodes = pc.unique(t.column("_node")) if t.num_rows else pa.array([], pa.string())
+    return pa.table({"_node": nodes, "_label": nodes, "_changed": pa.array([1] * len(nodes), pa.int64())})
+
+
+def components(edges: list, n: int, max_rounds: int = 100) -> tuple[list, int]:
+    """Min-label propagation over the edge partitions until no label moves.
+
+    Each round sends every node's label to its neighbours and keeps the minimum. No
+    process sees more than one partition of edges or labels: the driver holds
+    references, and one count per partition per round.
+    """
+    import ray
+
+    nodes = by_column("_node", n)
+    labels = hash_partition(edges, n, nodes, _seed, fetch=False)
+    for rounds in range(1, max_rounds + 1):
+        messages = hash_partition(list(edges) + [_only_labels.remote(r) for r in labels], n, nodes,
+                                  _propagate, fetch=False)
+        labels = hash_partition(messages, n, nodes, _settle, fetch=False)
+        if sum(ray.get([_changed.remote(r) for r in labels])) == 0:
+            return labels, rounds
+    raise RuntimeError(f"connected components did not settle in {max_rounds} rounds")
+
+
+def _remote(fn):
+    import ray
+
+    return ray.remote(fn)
+
+
+@_remote
+def _only_labels(t: pa.Table) -> pa.Table:
+    return t.select(["_node", "_label"])
+
+
+@_remote
+def _select(t: pa.Table, columns: list[str]) -> pa.Table:
+    return t.select(columns)
+
+
+@_remote
+def _column_names(t: pa.Table) -> list[str]:
+    return t.column_names
+
+
+@_remote
+def _changed(t: pa.Table) -> int:
+    return int(pc.sum(t.column("_changed")).as_py() or 0)
+
