@@ -105,7 +105,7 @@ def chunks_for(max_distance: int) -> list[tuple[int, int]]:
 class DedupPhashParams(NearDupParams):
     column: str = Field("image", description="column of encoded image bytes")
     algorithm: Literal["phash", "dhash"] = Field("phash", description="64-bit DCT pHash, or dHash")
-    max_distance: int = Field(10, ge=0, le=20, description="Hamming distance (of 64 bits) at or below which two "
+    max_distance: int = Field(8, ge=0, le=20, description="Hamming distance (of 64 bits) at or below which two "
                                                           "images are near-duplicates")
     crops: bool = Field(True, description="also match crops of up to 10% per side (81 grid hashes per image)")
     key: Literal["image", "both"] = Field("image", description="image = near-duplicate images; both = only when "
