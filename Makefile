@@ -25,6 +25,7 @@ bench: setup
 	$(PY) bench/bench_download.py
 	$(PY) bench/bench_minhash.py
 	$(PY) bench/bench_dedup.py
+	$(PY) bench/bench_phash.py
 
 clean:
 	rm -rf runs .venv .venv-pillow bench/_data

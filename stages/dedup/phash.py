@@ -8,9 +8,11 @@ Crops. A plain pHash moves by 10 to 30 bits when 10% is cut from a side, as far
 as two different photographs can be. So every image also gets the hashes of its
 own crops on a grid (0, 5 and 10% off each side: 81 boxes): a crop of A looks
 like one of A's grid crops, and a pair is near when the *full* hash of one is
-within `max_distance` bits of *any* hash of the other. On the photographs of
-scikit-image, re-encoded, halved and cropped by up to 10% per side, 99% of such
-variants land within 9 bits of their original (the bench prints it).
+within `max_distance` bits of *any* hash of the other. bench/bench_phash.py: of
+scikit-image's photographs and their quadrants, re-encoded, halved and cropped by
+up to 10% per side, 98% of variants are within 8 bits (the default) of their
+original, against 49% with the plain hash; the misses are textures (brick).
+Two hashes of 64 median-split bits each have 32 ones, so distances are even.
 
 Finding pairs without comparing all of them: multi-index hashing. The 64 bits are
 cut into c = ceil((k+1)/2) chunks; a pair within k bits differs by at most one bit
@@ -73,18 +75,40 @@ def gray(data: bytes) -> Image.Image:
     return im.reduce(factor) if factor > 1 else im
 
 
+def area_resize(g: np.ndarray, boxes: list[tuple[float, float, float, float]], size: tuple[int, int]) -> np.ndarray:
+    """Every box of a grayscale image sampled down to size=(w, h) at once: (len(boxes), h, w).
+
+    Each output pixel is the mean of a window two cells wide around its centre (as
+    wide as a bilinear filter's support when shrinking: smoother, so steadier hashes
+    than plain cell means). A summed-area table gives each window's sum with four
+    lookups, so 81 crops cost one cumulative sum and a gather, not 81 resizes."""
+    rows, cols = g.shape
+    table = np.zeros((rows + 1, cols + 1))
+    table[1:, 1:] = g.cumsum(0).cumsum(1)
+    b = np.asarray(boxes, dtype=np.float64)  # (B, 4): left, top, right, bottom cut off
+
+    def windows(start, span, n, length):  # (B, n) window edges in pixels, clipped to the image
+        centre = start + span * (np.arange(n) + 0.5) / n
+        lo = np.clip(np.rint(length * (centre - span / n)), 0, length - 1).astype(np.int64)
+        hi = np.clip(np.rint(length * (centre + span / n)), 1, length).astype(np.int64)
+        return lo, np.maximum(hi, lo + 1)
+
+    x0, x1 = windows(b[:, :1], 1 - b[:, :1] - b[:, 2:3], size[0], cols)
+    y0, y1 = windows(b[:, 1:2], 1 - b[:, 1:2] - b[:, 3:4], size[1], rows)
+    x0, x1, y0, y1 = x0[:, None, :], x1[:, None, :], y0[:, :, None], y1[:, :, None]
+    sums = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
+    return sums / ((y1 - y0) * (x1 - x0))
+
+
 def image_hashes(data: bytes, algorithm: Literal["phash", "dhash"] = "phash",
                  boxes: list[tuple[float, float, float, float]] | None = None) -> np.ndarray:
     """uint64 hashes of the image and of its grid crops (the full image's first)."""
-    g = gray(data)
-    w, h = g.size
+    g = np.asarray(gray(data), dtype=np.float64)
     boxes = boxes or crop_boxes()
-    size = (32, 32) if algorithm == "phash" else (9, 8)
-    a = np.stack([np.asarray(g.resize(size, Image.Resampling.BILINEAR,
-                                      box=(l * w, t * h, w - r * w, h - b * h)), dtype=np.float64)
-                  for l, t, r, b in boxes])
     if algorithm == "dhash":
+        a = area_resize(g, boxes, (9, 8))
         return _pack((a[:, :, 1:] > a[:, :, :-1]).reshape(len(boxes), 64))
+    a = area_resize(g, boxes, (32, 32))
     low = (_DCT32 @ a @ _DCT32.T)[:, :8, :8].reshape(len(boxes), 64)
     return _pack(low > np.median(low, axis=1, keepdims=True))
 
