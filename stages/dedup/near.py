@@ -161,8 +161,9 @@ class NearDuplicates(Stage):
             data = data.drop_columns(["_node", "_label"] + sig_columns)
             if index_tmp:  # the survivors' signatures, for later runs to be checked against
                 sig = sig.select(sig_columns)
-                survives = [component.get(lbl, lbl) == lbl for lbl in sig.column("_sig").to_pylist()]
-                fs.write_parquet(fs.join(index_tmp, f"part-{part:06d}.parquet"), sig.filter(pa.array(survives, pa.bool_())))
+                survives = pa.array([component.get(lbl, lbl) == lbl for lbl in sig.column("_sig").to_pylist()],
+                                    pa.bool_())
+                fs.write_parquet(fs.join(index_tmp, f"part-{part:06d}.parquet"), sig.filter(survives))
             return ctx.writer(stage.mark(data, component)).to_pylist()[0]
 
         sig_columns = _column_names_of(sigs[0]) if sigs else ["_sig"]

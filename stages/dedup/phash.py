@@ -38,7 +38,7 @@ from pydantic import Field
 from pipeline.shuffle import hash_partition, map_tables
 
 from .minhash import _mix64, jaccard, shingle_hashes
-from .near import NearDupParams, NearDuplicates, by_column, edges_table, verify_pairs
+from .near import NearDuplicates, NearDupParams, by_column, edges_table, verify_pairs
 
 CROP_STEPS = (0.0, 0.05, 0.1)  # cut per side; the full image first
 _WORK_SIZE = 256  # images are shrunk to about this before the crops are resized (speed, not quality)

@@ -116,8 +116,9 @@ def test_ray_data_and_tarfile_read_the_shards(demo_run):
 
 
 def test_samples_are_ordered_by_hash_across_shards(demo_run):
-    from stages.shard.webdataset import order_key
     import pyarrow as pa
+
+    from stages.shard.webdataset import order_key
 
     out, _ = demo_run
     shard_dir = os.path.join(out, "shards")

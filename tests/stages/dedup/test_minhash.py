@@ -121,7 +121,8 @@ def test_dedup_minhash_on_ray(ray_session, tmp_path, monkeypatch, others, rows_p
     chain_b = _edit(chain_a, [20, 60, 100], "b")
     chain_c = _edit(chain_b, [140, 170, 190], "c")
     docs = {
-        "base": base, "exact": base, "near": _edit(base, [50, 150], "n"), "half": base[:100] + list(rng.choice(vocab, 100)),
+        "base": base, "exact": base, "near": _edit(base, [50, 150], "n"),
+        "half": base[:100] + list(rng.choice(vocab, 100)),
         "chain_a": chain_a, "chain_b": chain_b, "chain_c": chain_c, "empty": [], "one": ["lonely"],
         **{f"other{i}": list(rng.choice(vocab, 200)) for i in range(others)},
     }
