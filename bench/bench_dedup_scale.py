@@ -5,8 +5,9 @@
 Documents (~1 KB) are random runs of sentences from this machine's licence texts,
 20% of them planted near-duplicates (a few words edited). The job runs as
 `mmcurate stage dedup_minhash` on embedded Ray with 2 CPUs. Peak memory: the
-driver's max RSS, and the largest max RSS among Ray's worker processes (sampled
-from /proc every 0.2 s).
+driver's max RSS, and for Ray's worker processes the largest private memory
+(RssAnon, sampled from /proc every 0.2 s) and the largest max RSS (VmHWM, which
+also counts object-store pages a worker has mapped to read its inputs).
 """
 from __future__ import annotations
 
@@ -60,11 +61,11 @@ def build(path: str, n: int, seed: int = 0) -> None:
 
 
 class WorkerPeak(threading.Thread):
-    """Largest resident set of any Ray worker process seen, in MiB."""
+    """Largest private memory and largest max RSS of any Ray worker process seen, in MiB."""
 
     def __init__(self):
         super().__init__(daemon=True)
-        self.peak, self.stop = 0, False
+        self.peak, self.private, self.stop = 0, 0, False
 
     def run(self) -> None:
         while not self.stop:
@@ -78,6 +79,8 @@ class WorkerPeak(threading.Thread):
                     for line in open(f"/proc/{pid}/status"):
                         if line.startswith("VmHWM:"):
                             self.peak = max(self.peak, int(line.split()[1]) // 1024)
+                        elif line.startswith("RssAnon:"):
+                            self.private = max(self.private, int(line.split()[1]) // 1024)
                 except OSError:
                     continue
             time.sleep(0.2)
@@ -111,8 +114,8 @@ def main() -> None:
         removed = fs.read_parquet_dir(os.path.join(data, "out", "rejects", "01-dedup_minhash"))
         driver = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
         print(f"{n} docs (built in {made:.0f}s): {seconds:.0f}s, {n / seconds:.0f} docs/s on 2 CPUs; removed "
-              f"{0 if removed is None else removed.num_rows}; peak RSS driver {driver} MiB, largest worker "
-              f"{peak.peak} MiB", flush=True)
+              f"{0 if removed is None else removed.num_rows}; peak RSS driver {driver} MiB; largest worker: "
+              f"private {peak.private} MiB, max RSS with mapped objects {peak.peak} MiB", flush=True)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import yaml
 from . import __version__, fs, ledger
 from .job import Job
 from .rundir import RunDir
-from .stage import Stage
+from .stage import PrepareStep, Stage, drop_temporary
 
 LISTING_ROWS_PER_PART = 256
 STORAGE_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")  # small parts = enough blocks to keep every worker busy
@@ -197,6 +197,7 @@ class SegmentWriter:
     def __call__(self, block: pa.Table) -> pa.Table:
         counts: Counter = Counter()
         kept_n = kept_bytes = 0
+        block = drop_temporary(block)
         if block.num_rows:
             live, dead = ledger.split_live(block)
             name = f"part-{batch_key(block)}.parquet"
@@ -448,6 +449,11 @@ class Runner:
         key = stage.fingerprint()
         if stage.stateful:
             import ray.data
+
+            if stage.has_prepare:  # CPU tasks feed the pool
+                prep = PrepareStep(stage)
+                ds = ds.map_batches(StageCall(prep, journal, prep.fingerprint()), batch_size=res.batch_size,
+                                    batch_format="pyarrow", num_cpus=res.num_cpus)
 
             # One block in flight per actor, so that an actor that started first does not
             # queue up the blocks meant for the others (batches within a block are

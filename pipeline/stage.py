@@ -78,6 +78,17 @@ class Stage:
         a `reject` struct column (pipeline.ledger.with_rejects) where rows are rejected."""
         raise TypeError(f"stage {self.name!r} of kind {self.kind!r} has no process()")
 
+    def prepare(self, batch: pa.Table) -> pa.Table:
+        """Optional CPU-side step of a stateful stage (decode, resize), which the runner
+        runs as Ray tasks ahead of the actor pool so that the accelerator never waits.
+        It may add temporary columns (named `__tmp_*`, dropped before anything is written)
+        and reject rows; process() must also work on batches that were not prepared."""
+        return batch
+
+    @property
+    def has_prepare(self) -> bool:
+        return type(self).prepare is not Stage.prepare
+
     def list_inputs(self, limit: int | None = None) -> Iterator[pa.Table]:
         raise TypeError(f"stage {self.name!r} is not a source stage")
 
@@ -98,6 +109,30 @@ class Stage:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params!r})"
+
+
+class PrepareStep(Stage):
+    """A stage's prepare() as a stage of its own (CPU tasks, no model)."""
+
+    kind = "row"
+
+    def __init__(self, stage: Stage):
+        self.stage, self.name = stage, f"{stage.name}.prepare"
+        self.params, self._ready = stage.params, True
+        self.resources = Resources(num_cpus=stage.resources.num_cpus, batch_size=stage.resources.batch_size)
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        return self.stage.prepare(batch)
+
+    def fingerprint(self) -> str:
+        return self.stage.fingerprint() + ".prepare"
+
+
+TEMPORARY = "__tmp_"  # columns named __tmp_* live within a segment only
+
+
+def drop_temporary(table: pa.Table) -> pa.Table:
+    return table.drop_columns([c for c in table.column_names if c.startswith(TEMPORARY)])
 
 
 def _code_digest(cls: type) -> str:
