@@ -1,4 +1,4 @@
-"""The `mmcurate` command: run a job, run one stage, list stages, audit a run."""
+"""The `mmcurate` command: run a job, run one stage, list stages, audit a run, report on it."""
 from __future__ import annotations
 
 import argparse
@@ -88,6 +88,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0 if result["ok"] else 1
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write
+
+    print(f"report: {write(args.run_dir)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmcurate", description="Curate multimodal data into WebDataset shards on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print a JSON summary; exit 1 if a sample is missing or appears twice.")
     p.add_argument("run_dir")
     p.set_defaults(fn=cmd_audit)
+
+    p = sub.add_parser("report", help="write RUN_DIR/report/index.html and report.json",
+                       description="The funnel, metric histograms, the representation table and thumbnails of "
+                                   "kept and rejected samples, as one self-contained HTML page and a JSON file.")
+    p.add_argument("run_dir")
+    p.set_defaults(fn=cmd_report)
     return parser
 
 

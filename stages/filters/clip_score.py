@@ -1,0 +1,99 @@
+"""Stage `filter_clip_score`: image-text alignment by CLIP score (from embed_clip).
+
+Two modes, one of them per run:
+- `threshold`: keep cosine >= threshold. LAION-400M/5B used 0.28 with ViT-B/32
+  (Schuhmann et al. 2021/2022); the number belongs to that model.
+- `fraction`: keep the top fraction of the whole dataset. DataComp's best CLIP-score
+  baseline keeps the top 30% (Gadre et al. 2023). The cut is exact and global
+  (pipeline.select: radix selection over all parts, ties broken by a hash of
+  sample_id), so it is the same whatever the block size or number of workers.
+Rows without a score are rejected as `no_clip_score`. With random-weight features
+(tiny-random) the scores mean nothing, and the report says so.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field, model_validator
+
+from pipeline import ledger
+from pipeline.select import at_most, descending_digits, id_digits, kth_smallest
+from pipeline.shuffle import map_tables
+from pipeline.stage import Params, Resources, Stage
+
+
+class FilterClipScoreParams(Params):
+    column: str = Field("clip_score", description="score column")
+    threshold: float | None = Field(None, ge=-1, le=1, description="keep score >= threshold (LAION: 0.28, B/32)")
+    fraction: float | None = Field(None, gt=0, le=1, description="keep this top fraction of the dataset "
+                                                                "(DataComp: 0.3)")
+
+    @model_validator(mode="after")
+    def _one_mode(self):
+        if (self.threshold is None) == (self.fraction is None):
+            raise ValueError("set exactly one of threshold (e.g. 0.28) or fraction (e.g. 0.3)")
+        return self
+
+
+class FilterClipScore(Stage):
+    name = "filter_clip_score"
+    kind = "global"
+    Params = FilterClipScoreParams
+    resources = Resources(num_cpus=1)
+
+    def keys(self, table: pa.Table) -> np.ndarray:
+        """Score digits then id digits, for the rows that have a score."""
+        scores = table.column(self.params.column)
+        has = pc.is_valid(scores).to_numpy()
+        ids = [i for i, ok in zip(table.column("sample_id").to_pylist(), has) if ok]
+        values = np.asarray(scores.drop_null().to_numpy(), dtype=np.float32)
+        return np.concatenate([descending_digits(values), id_digits(ids)], axis=1) if ids else \
+            np.zeros((0, 6), np.uint16)
+
+    def cutoff(self, parts: list, total: int) -> tuple[int, ...] | None:
+        return kth_smallest(parts, self.keys, math.ceil(self.params.fraction * total), digits=6)
+
+    def mark(self, table: pa.Table, cutoff: tuple[int, ...] | None) -> pa.Table:
+        p = self.params
+        scores = table.column(p.column).to_pylist()
+        if p.threshold is not None:
+            keep = [s is not None and s >= p.threshold for s in scores]
+            why = f"below threshold {p.threshold}"
+        else:
+            inside = iter(at_most(self.keys(table), cutoff))
+            keep = [s is not None and bool(next(inside)) for s in scores]
+            why = f"outside the top {p.fraction:.0%} of the dataset"
+        rejects = [None if k else ledger.reject("no_clip_score", "no clip_score: run embed_clip first")
+                   if s is None else ledger.reject("low_clip_score", f"clip_score {s:.4f} {why}")
+                   for k, s in zip(keep, scores)]
+        return ledger.stamp_stage(ledger.with_rejects(table, rejects), self.name)
+
+    def run_global(self, ds, ctx) -> list[dict[str, Any]]:
+        import ray
+
+        cutoff = None
+        if self.params.fraction is not None:
+            total = sum(ray.get([_count_valid.remote(part, self.params.column) for part in ctx.parts]))
+            cutoff = self.cutoff(ctx.parts, total)
+            print(f"[mmcurate] {self.name}: keeping the top {self.params.fraction:.0%} of {total} scored rows")
+        stage, writer = self, ctx.writer
+        refs = map_tables(ctx.parts, lambda t: writer(stage.mark(t, cutoff)))
+        return [t.to_pylist()[0] for t in ray.get(refs)]
+
+
+def _remote(fn):
+    import ray
+
+    return ray.remote(fn)
+
+
+@_remote
+def _count_valid(part: str, column: str) -> int:
+    from pipeline import fs
+
+    col = fs.read_parquet(part).column(column)
+    return len(col) - col.null_count
