@@ -14,6 +14,7 @@ demo: setup
 	$(PY) -m jobs.demo_data runs/demo-data
 	$(VENV)/bin/mmcurate run jobs/demo.yaml --output runs/demo
 	$(VENV)/bin/mmcurate audit runs/demo > runs/demo/audit.json && echo "audit: every input is in the shards or the rejects (runs/demo/audit.json)"
+	$(VENV)/bin/mmcurate report runs/demo
 	$(PY) -m jobs.read_shards runs/demo/shards
 	@if [ -f $(SHARD_CHECKER) ]; then $(PY) $(SHARD_CHECKER) runs/demo/shards; fi
 

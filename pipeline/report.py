@@ -32,8 +32,11 @@ THUMBS_KEPT, THUMBS_PER_REASON, THUMB_PX = 24, 8, 96
 
 
 def _last_data_segment(rd: RunDir) -> str | None:
-    dirs = rd.segment_dirs()
-    return dirs[-1] if len(dirs) > 1 else None
+    """The last segment that wrote rows (a sink such as the shard writer writes none)."""
+    for d in reversed(rd.segment_dirs()[1:]):
+        if any(i.path.endswith(".parquet") for i in fs.list_files(d)):
+            return d
+    return None
 
 
 def _thumb(data: bytes | None) -> str | None:

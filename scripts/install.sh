@@ -12,9 +12,10 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
   exit 0
 fi
 
-# System libraries for building pillow-simd (JPEG, zlib, WebP, TIFF).
+# System libraries for building pillow-simd (JPEG, zlib, WebP, TIFF), and Chromium,
+# in which the tests render the curation report (headless).
 need_apt=()
-for p in libjpeg-dev zlib1g-dev libwebp-dev libtiff-dev; do
+for p in libjpeg-dev zlib1g-dev libwebp-dev libtiff-dev chromium; do
   dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -23,7 +24,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
   else
     echo "[install] WARNING: missing system packages ${need_apt[*]}; as root run:"
-    echo "          apt-get install ${need_apt[*]}   (pillow-simd may not build without them)"
+    echo "          apt-get install ${need_apt[*]}   (pillow-simd may not build without them; the report test needs chromium)"
   fi
 fi
 
