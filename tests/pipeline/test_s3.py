@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import yaml
+
 from pipeline import fs, ledger
 from pipeline.job import load_job
 from pipeline.runner import Runner
@@ -52,7 +54,11 @@ def test_demo_job_with_output_on_s3(s3_bucket, demo_data, tmp_path):
     (work / "runs").mkdir(parents=True)
     os.symlink(demo_data["dir"], work / "runs" / "demo-data")
     out = f"{s3_bucket}/demo-cli"
-    res = subprocess.run([os.path.join(ROOT, ".venv", "bin", "mmcurate"), "run", os.path.join(ROOT, "jobs", "demo.yaml"),
+    demo = yaml.safe_load(open(os.path.join(ROOT, "jobs", "demo.yaml")))
+    demo["stages"] = [demo["stages"][0], {"dedup_phash": {}}, demo["stages"][-1]]  # what touches storage
+    job_file = work / "demo-s3.yaml"
+    job_file.write_text(yaml.safe_dump(demo))
+    res = subprocess.run([os.path.join(ROOT, ".venv", "bin", "mmcurate"), "run", str(job_file),
                           "--output", out], cwd=work, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "MMCURATE_RAY_TMPDIR": "/tmp"})
     assert res.returncode == 0, res.stderr[-3000:]
@@ -67,6 +73,7 @@ def test_inputs_and_run_directory_on_s3(ray_session, s3_bucket, demo_data, tmp_p
     src = f"{s3_bucket}/inputs"
     _upload(demo_data["dir"], src)
     job = load_job(os.path.join(ROOT, "jobs", "demo.yaml"))
+    job.stages = [job.stages[0], job.stages[-1]]  # ingest and shards: what touches storage
     job.stages[0].params.source = f"{src}/manifest.jsonl"  # relative image paths resolve on S3
     job.stages[-1].params.samples_per_shard = 16
     out = f"{s3_bucket}/run"
@@ -78,6 +85,10 @@ def test_inputs_and_run_directory_on_s3(ray_session, s3_bucket, demo_data, tmp_p
     _shards_read_back(f"{out}/shards", first["kept"], tmp_path)
     again = Runner(job, out, log=lambda *a: None).run()  # markers on S3 make the rerun a no-op
     assert [s["skipped"] for s in again["segments"]] == [True, True, True]
+    from pipeline import cli
+
+    assert cli.main(["report", out]) == 0  # the report reads and writes the run directory on S3
+    assert b"Funnel" in fs.read_bytes(f"{out}/report/index.html")
 
 
 def test_webdataset_tars_on_s3_as_input(s3_bucket, tmp_path):

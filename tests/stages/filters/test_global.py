@@ -76,7 +76,7 @@ def test_cleanlab_finds_planted_outliers_and_label_flips(ray_session, tmp_path, 
     out = str(tmp_path / "cl")
     assert cli.main(["stage", "cleanlab_issues", "--input", _write(tmp_path, "cl", rows), "--output", out,
                      "--set", "features=emb", "--set", "label_column=label", "--set", "outlier=drop",
-                     "--set", "label=drop", "--set", "max_rows=500"]) == 0  # two partitions
+                     "--set", "label=drop"]) == 0
     kept, rejects = _outcome(out, "01-cleanlab_issues")
     rows = pa.concat_tables([kept.select(["k", "cl_is_outlier", "cl_is_label"]),
                              rejects.select(["k", "cl_is_outlier", "cl_is_label"])]).to_pylist()
@@ -89,11 +89,34 @@ def test_cleanlab_finds_planted_outliers_and_label_flips(ray_session, tmp_path, 
     precision_o = len(flagged_outliers & set(outliers.tolist())) / max(1, len(flagged_outliers))
     precision_l = len(flagged_labels & set(flips.tolist())) / max(1, len(flagged_labels))
     with capsys.disabled():
-        print(f"\ncleanlab on 800 rows (2 partitions): outliers recall {recall_o:.2f} precision {precision_o:.2f}; "
+        print(f"\ncleanlab on 800 rows: outliers recall {recall_o:.2f} precision {precision_o:.2f}; "
               f"label flips recall {recall_l:.2f} precision {precision_l:.2f}")
     assert recall_o >= 0.8 and recall_l >= 0.8
     assert {"cl_outlier_score", "cl_label_score", "cl_near_duplicate_score"} <= set(kept.column_names)
     assert ledger.audit(out)["ok"]
+
+
+def test_cleanlab_partitions_depend_on_sample_ids_only(ray_session, tmp_path):
+    """max_rows splits the data by a hash of sample_id: the same rows in another order
+    (other parts, other blocks) get the very same flags and scores."""
+    from pipeline.job import parse_job
+    from pipeline.runner import Runner
+
+    rng = np.random.default_rng(2)
+    rows = [{"sample_id": f"r{i}", "key": f"r{i}", "emb": rng.normal(size=8).astype(np.float32).tolist()}
+            for i in range(300)]  # the input brings its own sample ids
+    rows[0]["emb"] = (np.ones(8) * 40).tolist()  # an outlier
+    results = []
+    for order in (list(range(300)), list(rng.permutation(300))):
+        src = _write(tmp_path, f"rows{len(results)}", [rows[i] for i in order])
+        job = parse_job({"name": "cl", "stages": [{"ingest_table": {"source": src}},
+                                                  {"cleanlab_issues": {"features": "emb", "max_rows": 100}}]})
+        out = str(tmp_path / f"run{len(results)}")
+        Runner(job, out, log=lambda *a: None).run()
+        kept, _ = _outcome(out, "01-cleanlab_issues")
+        results.append(sorted(zip(kept.column("key").to_pylist(), kept.column("cl_outlier_score").to_pylist(),
+                                  kept.column("cl_is_outlier").to_pylist())))
+    assert len(results[0]) == 300 and results[0] == results[1]
 
 
 CAPTIONS = (["a woman reading a book"] * 60 + ["a man riding a bike"] * 20 + ["a man and a woman talking"] * 10
