@@ -27,6 +27,7 @@ bench: setup
 	$(PY) bench/bench_minhash.py
 	$(PY) bench/bench_dedup.py
 	$(PY) bench/bench_phash.py
+	$(PY) bench/bench_clip.py
 
 clean:
 	rm -rf runs .venv .venv-pillow bench/_data

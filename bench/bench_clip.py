@@ -61,8 +61,8 @@ def rate(n: int, seconds: float) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--images", type=int, default=4096)
-    ap.add_argument("--batch-sizes", default="128,256,512")
+    ap.add_argument("--images", type=int, help="default 4096 on a GPU, 256 on a CPU")
+    ap.add_argument("--batch-sizes", help="default 128,256,512 on a GPU, 32,64 on a CPU")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     ap.add_argument("--model", default="random-vit-b32")
     ap.add_argument("--device", default="auto")
@@ -70,6 +70,9 @@ def main() -> None:
     import torch
 
     enc = ClipEncoder(a.model, a.device)
+    gpu = enc.device.type == "cuda"
+    a.images = a.images or (4096 if gpu else 256)
+    a.batch_sizes = a.batch_sizes or ("128,256,512" if gpu else "32,64")
     print(f"device {enc.device} ({torch.cuda.get_device_name() if enc.device.type == 'cuda' else 'no GPU'}), "
           f"dtype {enc.dtype}, model {a.model}, {a.images} JPEGs of 640x480, {a.workers} decode workers, "
           f"torch {torch.__version__}")

@@ -21,7 +21,9 @@ class ModelParams(Params):
     concurrency: int = Field(1, ge=1, description="model replicas (actors) in the pool")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per replica (fractional allowed: 0.5 = two per GPU); "
                                                    "0 = CPU")
-    num_cpus: float = Field(1.0, ge=0, description="CPUs per replica and per CPU preparation task")
+    num_cpus: float = Field(0.5, ge=0, description="logical CPUs per replica and per CPU preparation task (half a "
+                                                   "CPU by default: two model pools on a 2-CPU machine still leave "
+                                                   "room for the CPU tasks that feed them)")
 
 
 class ModelStage(Stage):
