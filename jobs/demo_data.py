@@ -5,7 +5,8 @@ deliberately broken inputs, each with a caption.
     python -m jobs.demo_data OUT_DIR [--copies N]
 
 writes OUT_DIR/images/*, OUT_DIR/manifest.jsonl and OUT_DIR/expected.json
-(which broken input should get which reason code).
+(which broken input should get which reason code at ingest, and which filter
+case which filter's reason).
 """
 from __future__ import annotations
 
@@ -114,6 +115,24 @@ def broken_inputs(arr: np.ndarray) -> list[tuple[str, bytes | None, bytes | str,
     return cases
 
 
+def filter_cases(arr: np.ndarray) -> list[tuple[str, bytes, str, str]]:
+    """(file name, bytes, caption, "stage: reason" or "kept: <what happens>") for the demo's filters."""
+    im = Image.fromarray(arr)
+    return [
+        ("blank.jpg", jpeg(Image.new("RGB", (320, 240), (128, 128, 128))), "a plain grey background picture",
+         "filter_image_quality: low_entropy"),
+        ("small.jpg", jpeg(im.resize((150, 150))), "a small picture of a tabby cat", "filter_datacomp_basic: image_too_small"),
+        ("wide.jpg", jpeg(im.resize((960, 240))), "a very wide banner with a cat", "filter_datacomp_basic: extreme_aspect_ratio"),
+        ("short.jpg", jpeg(im), "cat", "filter_datacomp_basic: caption_too_short"),
+        ("french.jpg", jpeg(im), "un chat tigré qui regarde sur le côté de la maison",
+         "filter_caption_quality: wrong_language"),
+        ("spam.jpg", jpeg(im), "cat photo cat photo cat photo cat photo cat photo", "filter_caption_quality: repetitive_caption"),
+        ("camera.jpg", jpeg(im), "IMG_20240101_123456 camera upload.jpg", "filter_caption_quality: boilerplate_caption"),
+        ("email.jpg", jpeg(im.transpose(Image.Transpose.FLIP_TOP_BOTTOM)),
+         "a cat upside down, write to jane.doe@example.org for prints", "kept: e-mail redacted"),
+    ]
+
+
 def make_demo(out: str, copies: int = 16, seed: int = 0) -> dict:
     """Write the demo set; returns {"inputs", "expected": {file: outcome}}."""
     rng = random.Random(seed)
@@ -138,10 +157,16 @@ def make_demo(out: str, copies: int = 16, seed: int = 0) -> dict:
             caption = caption.decode("utf-8", "surrogateescape")
         rows.append({"path": f"images/{fname}", "caption": caption, "licence": "generated", "photo": "broken"})
         expected[fname] = outcome
+    filtered = {}
+    for fname, data, caption, outcome in filter_cases(arrays["chelsea"]):
+        with open(os.path.join(img_dir, fname), "wb") as f:
+            f.write(data)
+        rows.append({"path": f"images/{fname}", "caption": caption, "licence": "generated", "photo": "filter-case"})
+        filtered[fname] = outcome
     with open(os.path.join(out, "manifest.jsonl"), "w", encoding="utf-8", errors="surrogateescape") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    info = {"inputs": len(rows), "expected": expected}
+    info = {"inputs": len(rows), "expected": expected, "filtered": filtered}
     with open(os.path.join(out, "expected.json"), "w") as f:
         json.dump(info, f, indent=1)
     return info

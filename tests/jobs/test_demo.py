@@ -58,6 +58,25 @@ def test_demo_balances_and_names_every_reject(demo_run, full_demo_data):
     assert summary["shards"] >= 4  # the issue asks the demo for at least 4 shards
 
 
+def test_demo_filter_cases_meet_their_filters(demo_run, full_demo_data):
+    from pipeline import fs
+
+    out, _ = demo_run
+    first = [d for d in sorted(os.listdir(os.path.join(out, "rejects"))) if d.startswith("01-")][0]
+    rejects = fs.read_parquet_dir(os.path.join(out, "rejects", first))
+    got = {p.rsplit("/", 1)[1]: f"{s}: {r}" for p, s, r in zip(*(rejects.column(c).to_pylist() for c in
+                                                               ("path", "reject_stage", "reject_reason")))}
+    for fname, outcome in full_demo_data["filtered"].items():
+        if outcome.startswith("kept"):
+            assert fname not in got
+        else:
+            assert got.get(fname) == outcome, fname
+    kept = fs.read_parquet_dir(os.path.join(out, "stages", first))
+    email = [c for p, c in zip(kept.column("path").to_pylist(), kept.column("caption").to_pylist())
+             if p.endswith("email.jpg")]
+    assert email == ["a cat upside down, write to <EMAIL> for prints"]
+
+
 def test_demo_dedup_removes_copies_of_the_same_photograph(demo_run):
     """The broken inputs that are valid images are the cat (chelsea) too."""
     from pipeline import fs
@@ -72,7 +91,7 @@ def test_demo_dedup_removes_copies_of_the_same_photograph(demo_run):
         assert rejects.num_rows > 0
         for sid, dup_of in zip(rejects.column("sample_id").to_pylist(), rejects.column("duplicate_of").to_pylist()):
             pair = {photo[sid], photo[dup_of]}
-            assert len(pair) == 1 or pair == {"broken", "chelsea"}, pair
+            assert len(pair) == 1 or pair <= {"broken", "chelsea", "filter-case"}, pair
     kept = fs.read_parquet_dir(os.path.join(out, "stages", "03-dedup_phash"))
     from jobs.demo_data import PHOTOS
     assert set(PHOTOS) <= set(kept.column("photo").to_pylist())  # every photograph survives

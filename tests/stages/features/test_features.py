@@ -161,3 +161,26 @@ def test_actor_pool_of_two_then_shards_carry_the_features(ray_session, demo_data
     assert {"clip_image_emb", "clip_score", "st_caption_emb"} <= set(index.column_names)
     res = subprocess.run([sys.executable, CHECKER, os.path.join(out, "shards")], capture_output=True, text=True)
     assert res.returncode == 0 and "violations=0" in res.stdout, res.stdout + res.stderr
+
+
+def test_a_sentence_transformers_directory_loads(tmp_path):
+    """MiniLM saved as a sentence-transformers directory and loaded by path: same embeddings."""
+    packaged = TextEncoder("minilm", device="cpu")
+    packaged.loaded.model.save(str(tmp_path / "minilm"))
+    texts = ["a cat on a sofa", "stock prices fell"]
+    from_dir = TextEncoder(str(tmp_path / "minilm"), device="cpu")
+    np.testing.assert_allclose(from_dir.encode(texts).astype(np.float32), packaged.encode(texts).astype(np.float32),
+                               atol=2e-3)
+    assert from_dir.loaded.name == "minilm" and len(from_dir.loaded.sha256) == 64
+
+
+@pytest.mark.gpu
+def test_gpu_half_precision_matches_cpu(pairs):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device here (CI has none; run with -m gpu on a GPU machine)")
+    pixels = np.stack([clip_pixels(b, 32) for b in pairs.column("image").to_pylist()])
+    cpu, gpu = ClipEncoder("tiny-random", device="cpu"), ClipEncoder("tiny-random", device="cuda")
+    assert gpu.dtype in (torch.float16, torch.bfloat16)
+    np.testing.assert_allclose(gpu.encode_images(pixels).astype(np.float32),
+                               cpu.encode_images(pixels).astype(np.float32), atol=0.05)
