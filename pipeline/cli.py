@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.set_defaults(fn=cmd_audit)
 
+    sub.add_parser("train", help="train the reference fusion model on shards (jobs/train.py; "
+                   "`mmcurate train -h`)", add_help=False)
+
     p = sub.add_parser("report", help="write RUN_DIR/report/index.html and report.json",
                        description="The funnel, metric histograms, the representation table and thumbnails of "
                                    "kept and rejected samples, as one self-contained HTML page and a JSON file.")
@@ -138,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:  # the reference trainer (jobs/train.py) has its own options
+        from jobs.train import main as train
+
+        return train(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)

@@ -1,0 +1,141 @@
+"""The reference fusion trainer on synthetic shards written by mmcurate itself."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.train import TrainConfig, train
+from tests.conftest import ROOT
+
+N, D = 800, 32
+
+
+def _make_shards(root, missing_text: float = 0.0, seed: int = 0, labels: bool = False) -> str:
+    """Paired features: text = a noisy linear map of the image. Clusters of 2 share a cluster_id."""
+    from pipeline.job import parse_job
+    from pipeline.runner import Runner
+
+    rng = np.random.default_rng(seed)
+    image = rng.normal(size=(N, D))
+    text = image @ rng.normal(size=(D, D)) + 0.3 * rng.normal(size=(N, D))
+    unit = lambda x: (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)  # noqa: E731
+    image, text = unit(image), unit(text)
+    drop = rng.random(N) < missing_text
+    rows = {"sample_id": [f"s{i:04d}" for i in range(N)], "cluster_id": [f"c{i // 2}" for i in range(N)],
+            "clip_image_emb": pa.array(list(image), pa.list_(pa.float16())),
+            "clip_text_emb": pa.array([None if d else t for d, t in zip(drop, text)], pa.list_(pa.float16()))}
+    if labels:  # a class from the sign of the first image feature; the positives weigh double
+        rows["meta"] = [json.dumps({"label": "pos" if v[0] > 0 else "neg", "sample_weight": 2.0 if v[0] > 0 else 1.0})
+                        for v in image]
+    src = os.path.join(root, "features.parquet")
+    pq.write_table(pa.table(rows), src)
+    job = parse_job({"name": "synthetic", "stages": [{"ingest_table": {"source": src}},
+                                                     {"shard_webdataset": {"name": "syn", "samples_per_shard": 200}}]})
+    Runner(job, os.path.join(root, "run"), log=lambda *a: None).run()
+    return os.path.join(root, "run", "shards", "syn-{000000..000003}.tar")
+
+
+@pytest.fixture(scope="module")
+def shards(ray_session, tmp_path_factory):
+    return _make_shards(str(tmp_path_factory.mktemp("syn")))
+
+
+def _cfg(shards: str, out, **kw) -> TrainConfig:
+    base = dict(shards=shards, output=str(out), modalities=["clip_image_emb", "clip_text_emb"], batch_size=64,
+                steps=300, lr=3e-3, warmup=20, checkpoint_every=0, eval_percent=20, dim=32, hidden=128)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("fusion", ["late", "early"])
+def test_retrieval_far_above_chance(shards, tmp_path, fusion, capsys):
+    result = train(_cfg(shards, tmp_path / fusion, fusion=fusion))
+    with capsys.disabled():
+        print(f"\n{fusion} fusion, 300 steps: R@1 {result['r@1']:.3f}, R@5 {result['r@5']:.3f}, R@10 "
+              f"{result['r@10']:.3f} over {result['eval_samples']} held-out samples (chance R@1 "
+              f"{result['chance_r@1']:.4f})")
+    assert result["eval_samples"] > 100
+    assert result["r@1"] > 20 * result["chance_r@1"] and result["r@10"] > 0.8
+
+
+def test_held_out_split_keeps_clusters_together(shards):
+    from jobs.train import _index_rows, expand, in_eval
+
+    split: dict[str, set] = {}
+    for url in expand(shards):
+        for sid, cluster in _index_rows(url):
+            split.setdefault(cluster, set()).add(in_eval({"cluster_id": cluster}, sid, 20))
+    assert all(len(v) == 1 for v in split.values())  # never one copy in train and one in eval
+    assert 0.1 < sum(True in v for v in split.values()) / len(split) < 0.3
+
+
+def test_resume_gives_the_same_loss_curve(shards, tmp_path):
+    straight = tmp_path / "straight"
+    train(_cfg(shards, straight, steps=40, checkpoint_every=20, shuffle_buffer=300))
+    resumed = tmp_path / "resumed"
+    train(_cfg(shards, resumed, steps=40, checkpoint_every=20, shuffle_buffer=300, max_steps_this_run=25))
+    assert os.path.exists(resumed / "checkpoint-00000020.pt")
+    for f in resumed.glob("checkpoint-*25*.pt"):
+        f.unlink()
+    # the interrupted run got to step 25; its last 5 steps are lost with it, as after a crash
+    lines = (resumed / "metrics-rank0.jsonl").read_text().splitlines()[:20]
+    (resumed / "metrics-rank0.jsonl").write_text("\n".join(lines) + "\n")
+    train(_cfg(shards, resumed, steps=40, checkpoint_every=20, shuffle_buffer=300))
+
+    def curve(path):
+        return [json.loads(line)["loss"] for line in (path / "metrics-rank0.jsonl").read_text().splitlines()]
+
+    a, b = curve(straight), curve(resumed)
+    assert len(a) == len(b) == 40
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_samples_missing_a_modality_do_not_crash(ray_session, tmp_path):
+    shards = _make_shards(str(tmp_path), missing_text=0.3, seed=1)
+    result = train(_cfg(shards, tmp_path / "out", steps=60))
+    assert result["steps"] == 60 and result["eval_samples"] > 50  # eval uses the samples that have both
+
+
+def test_two_processes_under_torchrun_read_disjoint_shards(shards, tmp_path):
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    assert torchrun, "torchrun comes with torch"
+    out = tmp_path / "ddp"
+    res = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "jobs.train",
+                          "--set", f"shards={shards}", "--set", f"output={out}", "--set",
+                          "modalities=[clip_image_emb, clip_text_emb]", "--set", "steps=20", "--set", "batch_size=32"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    ranks = [json.load(open(out / f"rank-{r}.json")) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2] and all(r["steps"] == 20 for r in ranks)
+    assert set(ranks[0]["shards_read"]).isdisjoint(ranks[1]["shards_read"])
+    assert len(ranks[0]["shards_read"]) + len(ranks[1]["shards_read"]) == 4
+    assert (out / "metrics-rank1.jsonl").exists() and "r@1" in json.load(open(out / "eval.json"))
+
+
+def test_shards_on_s3_are_read(s3_bucket, shards, tmp_path):
+    from jobs.train import expand
+    from pipeline import fs
+
+    prefix = f"{s3_bucket}/train-shards"
+    for url in expand(shards):
+        for ext in (".tar", ".parquet"):
+            local = url[: -len(".tar")] + ext
+            fs.write_bytes(f"{prefix}/{os.path.basename(local)}", open(local, "rb").read())
+    result = train(_cfg(f"{prefix}/syn-{{000000..000003}}.tar", tmp_path / "s3", steps=30))
+    assert result["steps"] == 30 and result["eval_samples"] > 100
+
+
+def test_classification_head_and_sample_weights(ray_session, tmp_path):
+    shards = _make_shards(str(tmp_path), seed=2, labels=True)
+    train(_cfg(shards, tmp_path / "cls", steps=200, label_field="label"))
+    records = [json.loads(x) for x in (tmp_path / "cls" / "metrics-rank0.jsonl").read_text().splitlines()]
+    losses = [r["loss_class"] for r in records]
+    assert len(losses) == 200 and np.mean(losses[-20:]) < 0.6 * np.mean(losses[:20])  # it learns the classes
