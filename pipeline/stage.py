@@ -194,7 +194,7 @@ def describe_params(cls: type[Stage]) -> list[dict[str, Any]]:
             {
                 "name": key,
                 "type": type_name,
-                "default": None if field.is_required() else field.default,
+                "default": None if field.is_required() else field.get_default(call_default_factory=True),
                 "required": field.is_required(),
                 "bounds": " ".join(bounds),
                 "description": field.description or "",

@@ -149,5 +149,7 @@ class BlurFaces(Stage):
             counts.append(len(boxes))
             rejects.append(None)
         batch = ledger.set_column(batch, p.image_column, pa.array(images, pa.large_binary()))
+        if "image_bytes" in batch.column_names:  # the stored size changes with the re-encode
+            batch = ledger.set_column(batch, "image_bytes", pa.array([len(b or b"") for b in images], pa.int64()))
         batch = ledger.set_column(batch, "faces_blurred", pa.array(counts, pa.int32()))
         return ledger.with_rejects(batch, rejects) if any(rejects) else batch
