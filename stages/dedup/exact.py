@@ -12,10 +12,10 @@ import hashlib
 import math
 import re
 import unicodedata
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pyarrow as pa
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field
 
 from pipeline import ledger
 from pipeline.shuffle import hash_partition, partition_of
@@ -33,20 +33,22 @@ def text_key(text: str | None) -> str | None:
     return hashlib.sha256(norm.encode()).hexdigest()
 
 
+def _keep_rule(v: str) -> str:
+    if v not in ("first", "largest") and not (v.startswith("max:") and len(v) > 4):
+        raise ValueError("keep must be 'first', 'largest' or 'max:<column>'")
+    return v
+
+
+KeepRule = Annotated[str, AfterValidator(_keep_rule)]  # which copy survives; every dedup stage takes it
+
+
 class DedupExactParams(Params):
     key: Literal["content", "text", "both"] = Field(
         "content", description="content = content_sha256 of the original bytes; text = normalised `field`; "
                                "both = a duplicate only when both match")
     field: str = Field("caption", description="text column for key=text or both")
-    keep: str = Field("first", description="which copy survives: first (lowest ordinal), largest "
-                                           "(original_bytes, else text length), or max:<column>")
-
-    @field_validator("keep")
-    @classmethod
-    def _keep_rule(cls, v: str) -> str:
-        if v not in ("first", "largest") and not (v.startswith("max:") and len(v) > 4):
-            raise ValueError("keep must be 'first', 'largest' or 'max:<column>'")
-        return v
+    keep: KeepRule = Field("first", description="which copy survives: first (lowest ordinal), largest "
+                                                "(original_bytes, else text length), or max:<column>")
 
 
 class DedupExact(Stage):

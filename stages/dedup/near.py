@@ -29,24 +29,19 @@ from pipeline import fs, ledger
 from pipeline.shuffle import hash_partition, map_tables, partition_of
 from pipeline.stage import Params, Resources, Stage
 
+from .exact import KeepRule
+
 ROWS_PER_PARTITION = 200_000  # rows of the widest shuffle that one task holds, about
 
 
 class NearDupParams(Params):
-    keep: str = Field("first", description="which member of a cluster survives: first (lowest ordinal), largest "
+    keep: KeepRule = Field("first", description="which member of a cluster survives: first (lowest ordinal), largest "
                                           "(longest text / biggest image) or max:<column>")
     against: list[str] = Field(default_factory=list, description="indexes of earlier runs (<run>/index/<stage>): "
                                                                   "samples that near-duplicate them are removed")
     against_reason: Literal["duplicate", "contaminated"] = Field(
         "duplicate", description="reason for those: duplicate (a refresh) or contaminated (an evaluation set)")
     write_index: bool = Field(True, description="write the kept samples' signatures to <output>/index/<stage>/")
-
-    @field_validator("keep")
-    @classmethod
-    def _keep_rule(cls, v: str) -> str:
-        if v not in ("first", "largest") and not (v.startswith("max:") and len(v) > 4):
-            raise ValueError("keep must be 'first', 'largest' or 'max:<column>'")
-        return v
 
     @field_validator("against", mode="before")
     @classmethod
