@@ -218,25 +218,25 @@ def loss_fn(model, batch, cfg: TrainConfig, classes: dict[str, int]):
                 logits = core.logit_scale.exp().clamp(max=100) * za @ zb.T
             else:
                 logits = core.pair_scores(za, zb)
-            target = torch.arange(len(za))
+            target = torch.arange(len(za), device=za.device)
             per = (F.cross_entropy(logits, target, reduction="none") +
                    F.cross_entropy(logits.T, target, reduction="none")) / 2
             terms.append((per * w).sum() / w.sum())
             logs[f"loss_{a}_{b}"] = float(terms[-1].detach())
     if core.classify is not None and "label" in batch:
-        known = [i for i, lbl in enumerate(batch["label"]) if lbl in classes]
+        known = [i for i, lbl in enumerate(batch["label"]) if str(lbl) in classes]
         if known:
-            idx = torch.tensor(known)
+            idx = torch.tensor(known, device=weight.device)
             logits = core.classify(core.fused(z, batch)[idx])
-            target = torch.tensor([classes[batch["label"][i]] for i in known])
+            target = torch.tensor([classes[str(batch["label"][i])] for i in known], device=logits.device)
             per = F.cross_entropy(logits, target, reduction="none")
             terms.append((per * weight[idx]).sum() / weight[idx].sum())
             logs["loss_class"] = float(terms[-1].detach())
-    if not terms:
-        return None, logs
     # every parameter takes part in every step (a zero term for heads this mode does not
-    # use), as DistributedDataParallel expects
-    return torch.stack(terms).sum() + 0 * sum(p.sum() for p in model.parameters()), logs
+    # use, or for a batch with no pair to contrast), as DistributedDataParallel expects:
+    # a rank that skipped backward would leave the others waiting in the all-reduce
+    zero = 0 * sum(p.sum() for p in model.parameters())
+    return (torch.stack(terms).sum() if terms else None), zero, logs
 
 
 # -- evaluation -----------------------------------------------------------------------------
@@ -249,7 +249,8 @@ def retrieval(model, urls: list[str], cfg: TrainConfig, dims: dict[str, int]) ->
     samples = [s for s in dataset(urls, cfg, 0, "eval") if s[a] is not None and s[b] is not None]
     if len(samples) < 2:
         return {"eval_samples": len(samples)}
-    batch = collate(samples, cfg, dims)
+    device = next(core.parameters()).device
+    batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in collate(samples, cfg, dims).items()}
     with torch.no_grad():
         z = core.project(batch)
         scores = z[a] @ z[b].T if cfg.fusion == "late" else core.pair_scores(z[a], z[b])
@@ -323,12 +324,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 continue  # replaying the epoch's stream up to where the checkpoint was taken
             batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
             with amp:
-                loss, logs = loss_fn(model, batch, cfg, classes)
+                loss, zero, logs = loss_fn(model, batch, cfg, classes)
             opt.zero_grad(set_to_none=True)
-            if loss is not None:
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                opt.step()
+            (zero if loss is None else loss + zero).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            opt.step()
             sched.step()
             step += 1
             record = {"step": step, "epoch": epoch, "loss": None if loss is None else float(loss),
@@ -336,7 +336,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
             if rank == 0 and (step % 25 == 0 or step == cfg.steps):
-                print(f"[train] step {step}/{cfg.steps} loss {record['loss']:.4f} lr {record['lr']:.2e}", flush=True)
+                shown = "n/a" if record["loss"] is None else f"{record['loss']:.4f}"
+                print(f"[train] step {step}/{cfg.steps} loss {shown} lr {record['lr']:.2e}", flush=True)
             if rank == 0 and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 core = model.module if world > 1 else model
                 torch.save({"model": core.state_dict(), "optimizer": opt.state_dict(),

@@ -39,6 +39,11 @@ def _last_data_segment(rd: RunDir) -> str | None:
     return None
 
 
+def _first_part(segment_dir: str) -> pa.Table | None:
+    parts = sorted(i.path for i in fs.list_files(segment_dir) if i.path.endswith(".parquet"))
+    return fs.read_parquet(fs.join(segment_dir, parts[0].rsplit("/", 1)[1])) if parts else None
+
+
 def _thumb(data: bytes | None) -> str | None:
     if not data:
         return None
@@ -78,7 +83,11 @@ def build(run_dir: str) -> dict[str, Any]:
         report["funnel"].append({"segment": seg["segment"], "in": seg["in"], "kept": seg["kept"],
                                  "rejected": seg.get("rejected", {})})
     last = _last_data_segment(rd)
-    kept = fs.read_parquet_dir(last) if last else None
+    first_part = _first_part(last) if last else None
+    kept = None
+    if first_part is not None:  # only the columns the page shows: not media, not embeddings
+        names = first_part.column_names
+        kept = fs.read_parquet_dir(last, [c for c in (*METRICS, "meta", "caption", "sample_id") if c in names])
     if kept is not None and kept.num_rows:
         if "caption" in kept.column_names:
             kept = kept.append_column("caption_length", pa.array([len(c or "") for c in
@@ -94,16 +103,18 @@ def build(run_dir: str) -> dict[str, Any]:
                     if info.get("random_weights"):
                         random.add(f"{col} ({info.get('model')})")
             report["random_features"] = sorted(random)
-        image = next((c for c in ("image", "jpg", "webp") if c in kept.column_names), None)
-        if image:
-            for row in kept.select([c for c in ("sample_id", "caption", image) if c in kept.column_names]) \
+        image = next((c for c in ("image", "jpg", "webp") if c in first_part.column_names), None)
+        if image:  # thumbnails from the first part only
+            for row in first_part.select([c for c in ("sample_id", "caption", image) if c in first_part.column_names]) \
                     .slice(0, THUMBS_KEPT).to_pylist():
                 report["thumbnails"]["kept"].append({"sample_id": row["sample_id"], "caption": row.get("caption"),
                                                      "src": _thumb(row[image])})
     for d in rd.reject_dirs():
-        rejects = fs.read_parquet_dir(d)
-        if rejects is None:
+        sample = _first_part(d)
+        if sample is None:
             continue
+        wanted = ["sample_id", "reject_stage", "reject_reason", "reject_detail", "caption", "image_thumbnail"]
+        rejects = fs.read_parquet_dir(d, [c for c in wanted if c in sample.column_names])
         thumbs = "image_thumbnail" if "image_thumbnail" in rejects.column_names else None
         cols = ["sample_id", "reject_stage", "reject_reason", "reject_detail"] + \
             [c for c in ("caption", thumbs) if c and c in rejects.column_names]

@@ -9,7 +9,10 @@ labels (its own business: MinHash bands, pHash chunks), and leaves the rest here
 
 A label is "<rank>|<sample_id>" with the rank from the keep rule, so the minimum
 label of a component names its survivor. Samples of an index from an earlier run
-rank "!", before every new one: they always survive (they are published already).
+rank "!", before every new one: they always survive. The index holds what this
+stage kept; stages after it may still reject some of those, so put dedup after the
+filters when the index should match what is published. Rounds of propagation
+grow with a cluster's diameter (a chain of k near-copies takes about k rounds).
 All of it runs as Ray task shuffles (pipeline.shuffle): the driver holds
 references and a count per partition per round, never the graph.
 """
@@ -154,11 +157,13 @@ class NearDuplicates(Stage):
             sig = table.filter(is_sig)
             data = table.filter(pc.invert(pc.or_(is_label, is_sig)))
             data = data.drop_columns(["_node", "_label"] + sig_columns)
-            if index_tmp:  # the survivors' signatures, for later runs to be checked against
+            if index_tmp:  # the survivors' signatures, for later runs to be checked against (no empty parts)
                 sig = sig.select(sig_columns)
                 survives = pa.array([component.get(lbl, lbl) == lbl for lbl in sig.column("_sig").to_pylist()],
                                     pa.bool_())
-                fs.write_parquet(fs.join(index_tmp, f"part-{part:06d}.parquet"), sig.filter(survives))
+                kept_sigs = sig.filter(survives)
+                if kept_sigs.num_rows:
+                    fs.write_parquet(fs.join(index_tmp, f"part-{part:06d}.parquet"), kept_sigs)
             return ctx.writer(stage.mark(data, component)).to_pylist()[0]
 
         sig_columns = _column_names_of(sigs[0]) if sigs else ["_sig"]
@@ -289,7 +294,7 @@ def _seed(_: int, t: pa.Table) -> pa.Table:
     return pa.table({"_node": nodes, "_label": nodes, "_changed": pa.array([1] * len(nodes), pa.int64())})
 
 
-def components(edges: list, n: int, max_rounds: int = 100) -> tuple[list, int]:
+def components(edges: list, n: int, max_rounds: int = 1000) -> tuple[list, int]:
     """Min-label propagation over the edge partitions until no label moves.
 
     Each round sends every node's label to its neighbours and keeps the minimum. No

@@ -219,6 +219,9 @@ def _bucket(chunk: int, value: np.ndarray) -> np.ndarray:
 def _probe_rows(sig: pa.Table, chunks: list[tuple[int, int]]) -> pa.Table:
     """Every hash filed under each of its chunks; every full hash asking for each chunk and
     its one-bit neighbours."""
+    if sig.num_rows == 0:
+        return pa.table({"bucket": pa.array([], pa.uint64()), "label": pa.array([], pa.string()),
+                         "hash": pa.array([], pa.uint64()), "query": pa.array([], pa.bool_())})
     counts = pc.list_value_length(sig.column("_hashes")).to_numpy()
     every = pc.list_flatten(sig.column("_hashes")).to_numpy().astype(np.uint64)
     owner = np.repeat(np.arange(sig.num_rows), counts)

@@ -13,6 +13,7 @@ sample_id and the row count, never on block layout.
 Per row it writes `cl_<issue>_score` (cleanlab's quality score, low = likely an
 issue) and `cl_is_<issue>`; `outlier`, `near_duplicate` and `label` each choose
 `drop` (reject with reason `cleanlab_<issue>`), `flag` (keep, columns only) or `off`.
+Dropping near-duplicates keeps one member of each set (the first in the partition).
 Label issues need a `label_column`.
 """
 from __future__ import annotations
@@ -73,17 +74,28 @@ class CleanlabIssues(Stage):
                       verbosity=0)
         lab.find_issues(features=features, issue_types={i: {} for i in wanted})
         issues = lab.get_issues()
-        return {i: (issues[f"is_{i}_issue"].to_numpy(bool), issues[f"{i}_score"].to_numpy(np.float32))
-                for i in wanted if f"is_{i}_issue" in issues}
+        found = {i: (issues[f"is_{i}_issue"].to_numpy(bool), issues[f"{i}_score"].to_numpy(np.float32))
+                 for i in wanted if f"is_{i}_issue" in issues}
+        if "near_duplicate" in found:
+            # Datalab flags every member of a set of near-copies; one of each set is kept:
+            # a member goes only when a copy before it in the partition exists.
+            sets = lab.get_issues("near_duplicate")["near_duplicate_sets"].tolist()
+            flags, scores = found["near_duplicate"]
+            found["near_duplicate_extra"] = (np.array([bool(f) and any(j < i for j in s) for i, (f, s) in
+                                                       enumerate(zip(flags, sets))], bool), scores)
+        return found
 
     def mark(self, table: pa.Table) -> pa.Table:
         found = self.find(table)
         rejects: list[dict | None] = [None] * table.num_rows
         for issue, (flags, scores) in found.items():
+            if issue == "near_duplicate_extra":
+                continue
             table = ledger.set_column(table, f"cl_{issue}_score", pa.array(scores, pa.float32()))
             table = ledger.set_column(table, f"cl_is_{issue}", pa.array(flags, pa.bool_()))
             if getattr(self.params, issue) == "drop":
-                for i in np.flatnonzero(flags):
+                drop = found["near_duplicate_extra"][0] if issue == "near_duplicate" else flags
+                for i in np.flatnonzero(drop):
                     if rejects[i] is None:
                         rejects[i] = ledger.reject(f"cleanlab_{issue}", f"cleanlab Datalab: {issue} issue "
                                                    f"(score {scores[i]:.3f})")

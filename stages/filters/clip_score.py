@@ -47,10 +47,10 @@ class FilterClipScore(Stage):
 
     def keys(self, table: pa.Table) -> np.ndarray:
         """Score digits then id digits, for the rows that have a score."""
-        scores = table.column(self.params.column)
-        has = pc.is_valid(scores).to_numpy()
+        scores = _scores(table, self.params.column)
+        has = ~np.isnan(scores)
         ids = [i for i, ok in zip(table.column("sample_id").to_pylist(), has) if ok]
-        values = np.asarray(scores.drop_null().to_numpy(), dtype=np.float32)
+        values = scores[has]
         return np.concatenate([descending_digits(values), id_digits(ids)], axis=1) if ids else \
             np.zeros((0, 6), np.uint16)
 
@@ -59,7 +59,7 @@ class FilterClipScore(Stage):
 
     def mark(self, table: pa.Table, cutoff: tuple[int, ...] | None) -> pa.Table:
         p = self.params
-        scores = table.column(p.column).to_pylist()
+        scores = [None if np.isnan(v) else float(v) for v in _scores(table, p.column)]  # NaN counts as no score
         if p.threshold is not None:
             keep = [s is not None and s >= p.threshold for s in scores]
             why = f"below threshold {p.threshold}"
@@ -91,9 +91,14 @@ def _remote(fn):
     return ray.remote(fn)
 
 
+def _scores(table: pa.Table, column: str) -> np.ndarray:
+    """float32 scores, NaN where there is none (null or NaN)."""
+    return np.asarray(pc.fill_null(pc.cast(table.column(column), pa.float32()), float("nan")).to_numpy(),
+                      dtype=np.float32)
+
+
 @_remote
 def _count_valid(part: str, column: str) -> int:
     from pipeline import fs
 
-    col = fs.read_parquet(part).column(column)
-    return len(col) - col.null_count
+    return int((~np.isnan(_scores(fs.read_parquet(part), column))).sum())

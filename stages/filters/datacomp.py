@@ -48,7 +48,7 @@ class FilterDatacompBasic(Stage):
             elif short < p.min_side:
                 rejects.append(ledger.reject("image_too_small", f"shorter side {short} px < {p.min_side}"))
             elif long / max(short, 1) > p.max_aspect:
-                rejects.append(ledger.reject("extreme_aspect_ratio", f"{w}x{h}: aspect {long / short:.2f} > "
+                rejects.append(ledger.reject("extreme_aspect_ratio", f"{w}x{h}: aspect {long / max(short, 1):.2f} > "
                                              f"{p.max_aspect}"))
             else:
                 rejects.append(None)

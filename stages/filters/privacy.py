@@ -28,18 +28,39 @@ from pipeline import ledger
 from pipeline.stage import Params, Resources, Stage
 
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_HEX = r"[0-9a-f]{1,4}"
 PATTERNS = [
     ("CREDENTIALS", re.compile(r"(?<=://)[^\s/@:]+:[^\s/@]+(?=@)")),
     ("EMAIL", re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")),
-    ("IP", re.compile(rf"\b{_OCTET}(?:\.{_OCTET}){{3}}\b|\b(?:[0-9a-f]{{1,4}}:){{2,7}}:?[0-9a-f]{{0,4}}\b", re.I)),
-    ("PHONE", re.compile(r"(?<![\w.])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d(?:[\s.-]?\d){6,13}(?![\w.])")),
+    # IPv4, or IPv6 as eight groups or with "::" (so that 10:30:45 or beef:cafe:dead stay)
+    ("IP", re.compile(rf"\b{_OCTET}(?:\.{_OCTET}){{3}}\b|(?<![\w:])(?:{_HEX}:){{7}}{_HEX}(?![\w:])"
+                      rf"|(?<![\w:])(?:{_HEX}:)*{_HEX}?::(?:{_HEX}:)*{_HEX}?(?![\w:])", re.I)),
+    # a run of digits with separators or a leading +; 7 to 15 digits (E.164) checked below
+    ("PHONE", re.compile(r"(?<![\w.+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?"
+                         r"\d{1,5}(?:[\s.-]\d{1,8}){1,5}(?![\w.])|(?<![\w.+])\+\d{7,15}(?![\w.])")),
 ]
+_DATE = re.compile(r"^\d{4}[-./]\d{1,2}[-./]\d{1,2}$|^\d{1,2}[-./]\d{1,2}[-./]\d{2,4}$")
+
+
+def _is_phone(text: str) -> bool:
+    digits = sum(c.isdigit() for c in text)
+    return 7 <= digits <= 15 and not _DATE.match(text.strip()) and ("+" in text or "(" in text or
+                                                                   any(c in text for c in " .-"))
 
 
 def redact(text: str) -> tuple[str, dict[str, int]]:
     counts: dict[str, int] = {}
     for kind, pattern in PATTERNS:
-        text, n = pattern.subn(f"<{kind}>", text)
+        n = 0
+
+        def sub(m: re.Match) -> str:
+            nonlocal n
+            if kind == "PHONE" and not _is_phone(m.group(0)):
+                return m.group(0)
+            n += 1
+            return f"<{kind}>"
+
+        text = pattern.sub(sub, text)
         if n:
             counts[kind.lower()] = n
     return text, counts

@@ -27,7 +27,7 @@ def wordlist() -> list[str]:
 
 
 class FilterToxicTextParams(Params):
-    columns: list[str] = Field(["caption"], description="text columns to check")
+    columns: list[str] = Field(["caption"], min_length=1, description="text columns to check")
     extra_terms: list[str] = Field(default_factory=list, description="terms added to the list")
     allow_terms: list[str] = Field(default_factory=list, description="terms removed from the list")
 
@@ -39,7 +39,8 @@ class FilterToxicText(Stage):
 
     def setup(self) -> None:
         p = self.params
-        terms = (set(wordlist()) | {t.lower() for t in p.extra_terms}) - {t.lower() for t in p.allow_terms}
+        extra = {t.strip().lower() for t in p.extra_terms} - {""}
+        terms = (set(wordlist()) | extra) - {t.strip().lower() for t in p.allow_terms}
         # longest first, so that a phrase wins over a word inside it
         alternation = "|".join(re.escape(t) for t in sorted(terms, key=len, reverse=True))
         self.pattern = re.compile(rf"(?<!\w)(?:{alternation})(?!\w)")

@@ -135,3 +135,9 @@ def test_toxic_word_list_is_offline_and_matches_whole_words():
     out = FilterToxicText()
     out.ensure_setup()
     assert bad in ledger.split_live(out.process(t))[1].column("reject")[0].as_py()["detail"]
+
+
+@pytest.mark.parametrize("text", ["Meeting at 10:30:45", "beef:cafe:dead", "Photo taken 2019-05-12",
+                                  "population 8336817", "1 2 3 4", "score 3.5 - 4.2"])
+def test_redact_pii_leaves_ordinary_numbers_alone(text):
+    assert redact(text) == (text, {})
