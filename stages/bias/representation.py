@@ -25,6 +25,7 @@ import json
 import math
 import os
 import re
+from collections import Counter
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -77,6 +78,16 @@ def _part_counts(part: str, column: str, path: str) -> dict[str, int]:
     return counts
 
 
+def _add_up(parts: list, count, *args) -> dict[str, int]:
+    """count(part, *args) -> {key: n} on every part as Ray tasks, added up: a few numbers, never rows."""
+    import ray
+
+    total: Counter = Counter()
+    for part in ray.get([ray.remote(count).remote(part, *args) for part in parts]):
+        total.update(part)
+    return dict(total)
+
+
 def representation_table(counts: dict[str, int], lex: dict, total: int) -> dict[str, Any]:
     out = {"captions": total, "categories": {}}
     for category, groups in lex.items():
@@ -98,10 +109,7 @@ class AuditRepresentation(Stage):
 
         p = self.params
         lex = lexicon(p.lexicon)
-        counts: dict[str, int] = {}
-        for part in ray.get([ray.remote(_part_counts).remote(part, p.column, p.lexicon) for part in ctx.parts]):
-            for k, v in part.items():
-                counts[k] = counts.get(k, 0) + v
+        counts = _add_up(ctx.parts, _part_counts, p.column, p.lexicon)
         table = representation_table(counts, lex, ctx.upstream_kept)
         text = json.dumps(table, indent=1, default=str).replace("Infinity", '"inf"')
         fs.write_bytes(fs.join(ctx.run.root, "representation", f"{ctx.segment}.json"), text.encode())
@@ -163,11 +171,7 @@ class Rebalance(Stage):
         if p.category not in lexicon(p.lexicon):
             raise ValueError(f"rebalance: no category {p.category!r} in {p.lexicon} "
                              f"(it has {', '.join(lexicon(p.lexicon))})")
-        counts: dict[str, int] = {}
-        task = ray.remote(_group_counts)
-        for part in ray.get([task.remote(part, p.column, p.lexicon, p.category) for part in ctx.parts]):
-            for k, v in part.items():
-                counts[k] = counts.get(k, 0) + v
+        counts = _add_up(ctx.parts, _group_counts, p.column, p.lexicon, p.category)
         stage, writer = self, ctx.writer
         if p.mode == "weight":
             total = sum(counts.values())
