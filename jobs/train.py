@@ -260,9 +260,35 @@ def retrieval(model, urls: list[str], cfg: TrainConfig, dims: dict[str, int]) ->
 
 
 # -- the loop -------------------------------------------------------------------------------
-def _latest(path: str) -> str | None:
-    found = sorted(glob.glob(os.path.join(path, "checkpoint-*.pt")))
-    return found[-1] if found else None
+def _checkpoints(path: str) -> list[str]:
+    """Checkpoints, newest first (temporaries of an interrupted write are not among them)."""
+    return sorted(glob.glob(os.path.join(path, "checkpoint-*.pt")), reverse=True)
+
+
+def load_checkpoint(path: str, device) -> tuple[dict[str, Any], str] | tuple[None, None]:
+    """The newest readable checkpoint and its path. Loaded with weights_only=True: a
+    checkpoint is data, and unpickling one must never run code. An unreadable one (a
+    crash mid-write, tampering) is skipped for the one before it, with a message."""
+    import torch
+
+    for ckpt in _checkpoints(path):
+        try:
+            return torch.load(ckpt, map_location=device, weights_only=True), ckpt
+        except Exception as e:  # noqa: BLE001 - truncated zip, unpickling refused, ...
+            print(f"[train] skipping checkpoint {ckpt}: unreadable ({type(e).__name__}: {str(e)[:200]})",
+                  file=sys.stderr, flush=True)
+    return None, None
+
+
+def save_checkpoint(state: dict[str, Any], path: str) -> None:
+    """Written to a temporary name and renamed: a crash leaves the old files whole."""
+    import torch
+
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -291,15 +317,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup)) * 0.5 * (
         1 + math.cos(math.pi * min(1.0, s / max(1, cfg.steps)))))
-    steps_per_epoch = cfg.steps_per_epoch or min(train_count(urls[r::world], cfg.eval_percent)
-                                                 for r in range(world)) // cfg.batch_size
-    if steps_per_epoch < 1:
+    batches = min(train_count(urls[r::world], cfg.eval_percent) for r in range(world)) // cfg.batch_size
+    if batches < 1:
         raise SystemExit("mmcurate train: fewer training samples per rank than one batch; lower batch_size")
+    if cfg.steps_per_epoch > batches and not cfg.resampled:
+        raise SystemExit(f"mmcurate train: steps_per_epoch={cfg.steps_per_epoch}, but a pass over the data gives "
+                         f"each rank only {batches} batches of {cfg.batch_size}; lower steps_per_epoch (0 = one "
+                         "pass), or set resampled: true to draw samples with replacement")
+    steps_per_epoch = cfg.steps_per_epoch or batches
     os.makedirs(cfg.output, exist_ok=True)
     step = 0
-    latest = _latest(cfg.output)
-    if latest:  # exact resume: weights, optimiser, schedule, step; the data stream is replayed to the step
-        state = torch.load(latest, map_location=device, weights_only=False)
+    state, latest = load_checkpoint(cfg.output, device)
+    if state is not None:  # exact resume: weights, optimiser, schedule, step; the data stream is replayed to the step
         (model.module if world > 1 else model).load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -314,6 +343,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     stop_at = min(cfg.steps, step + cfg.max_steps_this_run) if cfg.max_steps_this_run else cfg.steps
     while step < stop_at:
         epoch, skip = divmod(step, steps_per_epoch)
+        before = step
         loader = torch.utils.data.DataLoader(dataset(mine, cfg, epoch, "train"), batch_size=cfg.batch_size,
                                              num_workers=cfg.num_workers,
                                              collate_fn=lambda s: collate(s, cfg, dims))
@@ -340,9 +370,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 print(f"[train] step {step}/{cfg.steps} loss {shown} lr {record['lr']:.2e}", flush=True)
             if rank == 0 and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 core = model.module if world > 1 else model
-                torch.save({"model": core.state_dict(), "optimizer": opt.state_dict(),
-                            "scheduler": sched.state_dict(), "step": step, "rng": torch.get_rng_state(),
-                            "config": asdict(cfg)}, os.path.join(cfg.output, f"checkpoint-{step:08d}.pt"))
+                save_checkpoint({"model": core.state_dict(), "optimizer": opt.state_dict(),
+                                 "scheduler": sched.state_dict(), "step": step, "rng": torch.get_rng_state(),
+                                 "config": asdict(cfg)}, os.path.join(cfg.output, f"checkpoint-{step:08d}.pt"))
+        if step == before:  # the stream ended before the epoch's first new step: never loop on it
+            raise SystemExit(f"mmcurate train: epoch {epoch} gave no batch after {skip} (steps_per_epoch="
+                             f"{steps_per_epoch}); the shards hold fewer samples than their indexes say")
     result: dict[str, Any] = {"steps": step, "seconds": round(time.time() - t0, 2), "rank": rank, "world": world,
                               "shards_read": mine}
     with open(os.path.join(cfg.output, f"rank-{rank}.json"), "w") as f:

@@ -146,10 +146,16 @@ def main(argv: list[str] | None = None) -> int:
         from jobs.train import main as train
 
         return train(argv[1:])
+    from .lock import RunLocked
+    from .rundir import SegmentMismatch
+    from .runner import NotEnoughResources
+    from .watchdog import SegmentStalled
+
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (JobError, OSError, ValueError) as e:  # SourceError is a ValueError
+    except (JobError, OSError, ValueError, RunLocked, NotEnoughResources, SegmentStalled,
+            SegmentMismatch) as e:  # SourceError is a ValueError
         if os.environ.get("MMCURATE_DEBUG"):
             raise
         print(f"mmcurate: error: {e}", file=sys.stderr)

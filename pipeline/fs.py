@@ -158,6 +158,13 @@ def read_parquet(uri: str) -> pa.Table:
     return pq.read_table(path, filesystem=filesystem)
 
 
+def parquet_rows(uri: str) -> int:
+    """Rows in the parquet parts of a directory, from their footers (no data read)."""
+    filesystem, _ = resolve(uri)
+    return sum(pq.read_metadata(i.path, filesystem=filesystem).num_rows
+               for i in list_files(uri) if i.path.endswith(".parquet"))
+
+
 def read_parquet_dir(uri: str, columns: list[str] | None = None) -> pa.Table | None:
     """All parquet parts of a directory as one table (None when there are none)."""
     files = [i.path for i in list_files(uri) if i.path.endswith(".parquet")]

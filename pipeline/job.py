@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,21 @@ from .stage import Stage, get_stage_class, registry
 
 class JobError(ValueError):
     """A job file that cannot run; the message names the file, stage and key."""
+
+
+MAX_JOB_BYTES = 1 << 20  # a job file is a page of YAML, not a data set
+MAX_NODES = 100_000  # YAML nodes once aliases are expanded; a "billion laughs" file has billions
+STALL_TIMEOUT = 1800.0  # seconds without progress before a segment is stopped
+TOP_LEVEL = ("name", "output", "ray", "storage", "stall_timeout", "stages")
+
+_short = reprlib.Repr()
+_short.maxlevel, _short.maxstring, _short.maxother = 3, 80, 80
+_short.maxlist = _short.maxdict = _short.maxtuple = _short.maxset = 6
+
+
+def shown(value: Any) -> str:
+    """A bounded repr for messages: a value from a job file may be huge or deeply nested."""
+    return _short.repr(value)
 
 
 class RaySpec(BaseModel):
@@ -52,6 +68,7 @@ class Job:
     ray: RaySpec = field(default_factory=RaySpec)
     storage: StorageSpec = field(default_factory=StorageSpec)
     source: str = "<inline>"
+    stall_timeout: float = STALL_TIMEOUT
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,6 +76,7 @@ class Job:
             "output": self.output,
             "ray": self.ray.model_dump(exclude_none=True),
             "storage": self.storage.model_dump(exclude_none=True),
+            "stall_timeout": self.stall_timeout,
             "stages": [{s.name: s.params.model_dump(mode="json")} for s in self.stages],
         }
 
@@ -73,7 +91,7 @@ def _explain(where: str, stage: str, cls: type[Stage], err: ValidationError) -> 
         elif e["type"] == "missing":
             lines.append(f"  - missing required key '{key}'")
         else:
-            lines.append(f"  - '{key}': {e['msg']} (got {e.get('input')!r})")
+            lines.append(f"  - '{key}': {e['msg']} (got {shown(e.get('input'))})")
     return "\n".join(lines)
 
 
@@ -83,7 +101,7 @@ def build_stage(name: str, params: dict[str, Any] | None, where: str = "job") ->
     except KeyError as e:
         raise JobError(f"{where}: {e.args[0]}") from None
     if params is not None and not isinstance(params, dict):
-        raise JobError(f"{where}: parameters of stage '{name}' must be a mapping, got {params!r}")
+        raise JobError(f"{where}: parameters of stage '{name}' must be a mapping, got {shown(params)}")
     try:
         return cls(params or {})
     except ValidationError as e:
@@ -93,10 +111,10 @@ def build_stage(name: str, params: dict[str, Any] | None, where: str = "job") ->
 def parse_job(data: Any, source: str = "<inline>") -> Job:
     if not isinstance(data, dict):
         raise JobError(f"{source}: a job file is a mapping with 'name' and 'stages'")
-    unknown = set(data) - {"name", "output", "ray", "storage", "stages"}
+    unknown = set(map(str, data)) - set(TOP_LEVEL)
     if unknown:
-        raise JobError(f"{source}: unknown top-level key(s) {sorted(unknown)}; "
-                       "allowed: name, output, ray, storage, stages")
+        raise JobError(f"{source}: unknown top-level key(s) {shown(sorted(unknown))}; "
+                       f"allowed: {', '.join(TOP_LEVEL)}")
     raw_stages = data.get("stages")
     if not isinstance(raw_stages, list) or not raw_stages:
         raise JobError(f"{source}: 'stages' must be a non-empty list of {{stage_name: {{params}}}}")
@@ -105,12 +123,12 @@ def parse_job(data: Any, source: str = "<inline>") -> Job:
         if isinstance(entry, str):
             entry = {entry: {}}
         if not isinstance(entry, dict) or len(entry) != 1:
-            raise JobError(f"{source}: stages[{i}] must be one {{stage_name: {{params}}}} mapping, got {entry!r}; "
+            raise JobError(f"{source}: stages[{i}] must be one {{stage_name: {{params}}}} mapping, got {shown(entry)}; "
                            f"known stages: {', '.join(registry())}")
         (name, params), = entry.items()
         stages.append(build_stage(name, params, where=f"{source}: stages[{i}]"))
     if not isinstance(data.get("ray") or {}, dict):
-        raise JobError(f"{source}: 'ray' must be a mapping such as {{num_cpus: 4}}, got {data.get('ray')!r}")
+        raise JobError(f"{source}: 'ray' must be a mapping such as {{num_cpus: 4}}, got {shown(data.get('ray'))}")
     try:
         ray_spec = RaySpec(**(data.get("ray") or {}))
     except ValidationError as e:
@@ -119,9 +137,15 @@ def parse_job(data: Any, source: str = "<inline>") -> Job:
         storage = StorageSpec(**(data.get("storage") or {}))
     except (ValidationError, TypeError) as e:
         raise JobError(f"{source}: 'storage': {e}") from None
+    stall = data.get("stall_timeout", STALL_TIMEOUT)
+    if isinstance(stall, bool) or not isinstance(stall, (int, float)) or stall < 0:
+        raise JobError(f"{source}: 'stall_timeout' must be a number of seconds >= 0 (0 = off), got {shown(stall)}")
+    output = data.get("output")
+    if output is not None and not isinstance(output, str):
+        raise JobError(f"{source}: 'output' must be a path, got {shown(output)}")
     _check_order(stages, source)
-    return Job(name=str(data.get("name") or "job"), stages=stages, output=data.get("output"),
-               ray=ray_spec, storage=storage, source=source)
+    return Job(name=str(data.get("name") or "job")[:200], stages=stages, output=output,
+               ray=ray_spec, storage=storage, source=source, stall_timeout=float(stall))
 
 
 def _check_order(stages: list[Stage], source: str) -> None:
@@ -136,12 +160,53 @@ def _check_order(stages: list[Stage], source: str) -> None:
             raise JobError(f"{source}: '{s.name}' writes the final output and must be the last stage")
 
 
+def _expanded_size(root: yaml.Node) -> int:
+    """Nodes the document would have with every alias expanded, counted without expanding
+    (each node once, memoised); a recursive alias counts as too many."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes and sizes[id(node)] >= 0:
+            continue
+        kids = [] if isinstance(node, yaml.ScalarNode) else \
+            [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else list(node.value)
+        if children_done:
+            sizes[id(node)] = min(MAX_NODES + 1, 1 + sum(sizes[id(k)] for k in kids))
+            continue
+        if sizes.get(id(node)) == -1:
+            return MAX_NODES + 1  # a node inside itself: recursive aliases
+        sizes[id(node)] = -1
+        stack.append((node, True))
+        stack.extend((k, False) for k in kids if sizes.get(id(k), -2) < 0)
+    return sizes[id(root)]
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """safe_load, after refusing what would blow up once loaded: a file over
+    MAX_JOB_BYTES, or aliases that expand to more than MAX_NODES nodes (a "billion laughs")."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_JOB_BYTES:
+        raise JobError(f"{source}: {len(text)} characters; a job file may have at most {MAX_JOB_BYTES} bytes")
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is not None and _expanded_size(root) > MAX_NODES:
+            raise JobError(f"{source}: its YAML aliases (*name) expand to more than {MAX_NODES} values "
+                           "(or refer to themselves); write the values out")
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise JobError(f"{source}: not valid YAML: {str(e)[:500]}") from None
+
+
 def load_job(path: str) -> Job:
     try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
+        with open(path, "rb") as f:
+            raw = f.read(MAX_JOB_BYTES + 1)
     except FileNotFoundError:
         raise JobError(f"{path}: job file not found") from None
-    except yaml.YAMLError as e:
-        raise JobError(f"{path}: not valid YAML: {e}") from None
-    return parse_job(data, source=path)
+    except IsADirectoryError:
+        raise JobError(f"{path}: is a folder, not a job file") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise JobError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    return parse_job(load_yaml(text, path), source=path)

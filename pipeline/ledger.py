@@ -7,9 +7,12 @@ runner splits kept from rejected rows at the segment boundary.
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from collections import Counter
 from typing import Any, Callable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -21,6 +24,73 @@ from . import fs
 def sample_id(source_uri: str, locator: str | int) -> str:
     """Short, dot-free, stable id of one input row: hash of its file and locator."""
     return hashlib.sha1(f"{source_uri}\0{locator}".encode()).hexdigest()[:20]
+
+
+# A sample id becomes a WebDataset key and a tar member name: a safe alphabet, no
+# dots (webdataset splits keys at the first dot), no slashes, bounded length.
+SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+class InputIds:
+    """Makes the ids of a listing unique and safe, part by part, on the driver.
+
+    An id that is not SAFE_ID (`/x/escaped`, `a.b`, 300 characters) is replaced by a
+    hash of it; a repeated id makes its row a reject (`duplicate_input_id`) with an id
+    of its own. Either way the original goes into meta.input_sample_id. Ids seen so
+    far are kept as sorted 64-bit hashes: 8 bytes per input.
+    """
+
+    def __init__(self):
+        self.seen = np.empty(0, dtype=np.uint64)
+        self.recent: set[int] = set()
+        self.position = 0
+
+    def _known(self, h: int) -> bool:
+        if h in self.recent:
+            return True
+        i = np.searchsorted(self.seen, np.uint64(h))
+        return bool(i < len(self.seen) and self.seen[i] == h)
+
+    def _remember(self, h: int) -> None:
+        self.recent.add(h)
+        if len(self.recent) >= 1 << 16:
+            self.seen = np.union1d(self.seen, np.fromiter(self.recent, dtype=np.uint64, count=len(self.recent)))
+            self.recent.clear()
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        ids = table.column("sample_id").to_pylist()
+        rejects = table.column("reject").to_pylist()
+        metas = table.column("meta").to_pylist() if "meta" in table.column_names else [None] * len(ids)
+        changed = False
+        for i, original in enumerate(ids):
+            new = original if isinstance(original, str) and SAFE_ID.fullmatch(original) else \
+                sample_id("input-id", repr(original))
+            h = int.from_bytes(hashlib.blake2b(new.encode(), digest_size=8).digest(), "big")
+            if self._known(h):
+                new = sample_id("duplicate-input-id", f"{original!r}\0{self.position + i}")
+                h = int.from_bytes(hashlib.blake2b(new.encode(), digest_size=8).digest(), "big")
+                if rejects[i] is None:
+                    rejects[i] = reject("duplicate_input_id", f"sample_id {str(original)[:200]!r} appears again "
+                                        f"(input #{self.position + i}); ids must be unique")
+            self._remember(h)
+            if new != original:
+                meta = _loads(metas[i])
+                meta["input_sample_id"] = original if original is None else str(original)[:1000]
+                ids[i], metas[i], changed = new, json.dumps(meta, ensure_ascii=False), True
+        self.position += len(ids)
+        if not changed:
+            return table
+        table = set_column(table, "sample_id", pa.array(ids, pa.string()))
+        table = set_column(table, "meta", pa.array(metas, pa.string()))
+        return set_column(table, "reject", pa.array(rejects, type=REJECT))
+
+
+def _loads(meta: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(meta) if meta else {}
+    except ValueError:
+        return {"meta": meta}
+    return value if isinstance(value, dict) else {"meta": value}
 
 
 def reject(reason: str, detail: str = "", duplicate_of: str | None = None,
@@ -99,36 +169,55 @@ def reason_counts(rejects: pa.Table) -> Counter:
 
 
 def audit(run_dir: str) -> dict[str, Any]:
-    """Every input sample_id exactly once, in the published output or in the rejects.
+    """Every input sample_id exactly once, in the published output or in the rejects,
+    and a run that finished: every segment of its plan committed, none in progress.
 
     Returns a summary with `ok`; inputs are the listing (kept and rejected),
-    outputs the shard indexes (or the last segment when there are no shards)
+    outputs the shard indexes (or the last segment when the plan has no shards)
     plus every rejects table.
     """
+    from .lock import current_holder, describe
     from .rundir import RunDir
 
     rd = RunDir(run_dir)
-    listing = rd.segment_dirs()[0] if rd.segment_dirs() else None
-    if listing is None:
+    segments = rd.segment_dirs()
+    if not segments:
         raise FileNotFoundError(f"{run_dir}: no stages/ directory: is this a run directory?")
+    problems: list[str] = []
+    try:
+        plan = json.loads(fs.read_bytes(fs.join(rd.root, "plan.json")))
+        planned, sink = list(plan["segments"]), bool(plan.get("sink"))
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        planned, sink = [d.rsplit("/", 1)[1] for d in segments], fs.exists(rd.shards)
+        problems.append("no readable plan.json: checked the segments that are there")
+    unfinished = [name for name in planned if rd.marker(name) is None]
+    if unfinished:
+        problems.append(f"segment {unfinished[0]} is not committed: the run did not finish "
+                        f"({len(unfinished)} of {len(planned)} segments missing: {', '.join(unfinished)})")
+    holder = current_holder(rd.root)
+    if holder is not None:
+        problems.append(f"a run is in progress: {describe(holder)}")
+
+    listing = fs.join(rd.stages, planned[0])
     ids = []
     for part in (fs.read_parquet_dir(listing, ["sample_id"]),
-                 fs.read_parquet_dir(rd.rejects_dir(listing.rsplit("/", 1)[1]), ["sample_id"])):
+                 fs.read_parquet_dir(rd.rejects_dir(planned[0]), ["sample_id"])):
         if part is not None:
             ids.append(part.column("sample_id"))
     inputs = pa.chunked_array([c for a in ids for c in a.chunks], type=pa.string())
 
-    shards = fs.read_parquet_dir(rd.shards, ["__key__"]) if fs.exists(rd.shards) else None
-    if shards is not None:
-        kept_ids = shards.column("__key__")
+    if sink:
+        shards = fs.read_parquet_dir(rd.shards, ["__key__"]) if fs.exists(rd.shards) else None
+        kept_ids = shards.column("__key__") if shards is not None else pa.chunked_array([], pa.string())
         kept_from = "shards"
     else:
-        last = fs.read_parquet_dir(rd.segment_dirs()[-1], ["sample_id"])
+        last = fs.read_parquet_dir(fs.join(rd.stages, planned[-1]), ["sample_id"])
         kept_ids = last.column("sample_id") if last is not None else pa.chunked_array([], pa.string())
-        kept_from = rd.segment_dirs()[-1].rsplit("/", 1)[1]
+        kept_from = planned[-1]
 
-    reject_tables = [t for t in (fs.read_parquet_dir(d, ["sample_id", "reject_stage", "reject_reason"])
-                                 for d in rd.reject_dirs()) if t is not None]
+    reject_tables = [t for t in (fs.read_parquet_dir(rd.rejects_dir(name), ["sample_id", "reject_stage",
+                                                                          "reject_reason"])
+                                 for name in planned) if t is not None]
     rejects = pa.concat_tables(reject_tables) if reject_tables else None
     by_reason: dict[str, dict[str, int]] = {}
     for key, n in sorted(reason_counts(rejects).items()):
@@ -145,10 +234,14 @@ def audit(run_dir: str) -> dict[str, Any]:
     missing = pc.filter(input_set, pc.invert(pc.is_in(input_set, value_set=values)))
     unknown = pc.filter(values, pc.invert(pc.is_in(values, value_set=input_set)))
     dup_inputs = len(inputs) - len(input_set)
-    ok = len(missing) == 0 and len(twice) == 0 and len(unknown) == 0 and dup_inputs == 0
+    ok = not problems and len(missing) == 0 and len(twice) == 0 and len(unknown) == 0 and dup_inputs == 0
     return {
         "run_dir": run_dir,
         "ok": ok,
+        "finished": not unfinished and holder is None,
+        "problems": problems,
+        "segments": planned,
+        "unfinished_segments": unfinished,
         "inputs": len(inputs),
         "kept": len(kept_ids),
         "kept_in": kept_from,

@@ -5,6 +5,8 @@
 <output>/rejects/<nn>-<name>/     reject parts of that segment
 <output>/shards/                  the published shards and manifest.json
 <output>/_journal/                crash journal of unfinished batches (see runner)
+<output>/_LOCK                    the run lock (pipeline.lock): one run per directory
+<output>/plan.json                the segments the job runs, in order (the audit checks them)
 """
 from __future__ import annotations
 
@@ -12,6 +14,10 @@ import json
 from typing import Any
 
 from . import fs
+
+
+class SegmentMismatch(RuntimeError):
+    """A segment's files disagree with the counts reported for it."""
 
 
 class RunDir:
@@ -56,13 +62,27 @@ class RunDir:
         except ValueError:
             return None
 
-    def commit(self, segment: str, tmp_kept: str, tmp_rejects: str, info: dict[str, Any]) -> None:
-        """Publish a finished segment: the old marker goes first, the new one last."""
+    def commit(self, segment: str, tmp_kept: str, tmp_rejects: str, info: dict[str, Any],
+               kept_in_segment: bool = True) -> None:
+        """Publish a finished segment: the old marker goes first, the new one last.
+
+        The rows on disk are counted first: a segment whose files disagree with the
+        counts its workers reported is never marked (kept_in_segment=False for a sink,
+        whose kept rows are the shards, checked by the runner)."""
+        kept, rejected = fs.parquet_rows(tmp_kept), fs.parquet_rows(tmp_rejects)
+        if (kept_in_segment and kept != info["kept"]) or rejected != info["rejected"]:
+            raise SegmentMismatch(
+                f"{segment}: not committed: its files hold {kept if kept_in_segment else '-'} kept and {rejected} "
+                f"rejected rows, its workers reported {info['kept']} kept and {info['rejected']} rejected")
         fs.delete(fs.join(self.segment_dir(segment), "_SUCCESS"))
         fs.replace_dir(tmp_rejects, self.rejects_dir(segment))
         fs.replace_dir(tmp_kept, self.segment_dir(segment))
         fs.write_bytes(fs.join(self.segment_dir(segment), "_SUCCESS"),
                        json.dumps(info, indent=1, sort_keys=True).encode())
+
+    def rows_on_disk(self, segment: str) -> tuple[int, int]:
+        """(kept, rejected) rows in a committed segment's files."""
+        return fs.parquet_rows(self.segment_dir(segment)), fs.parquet_rows(self.rejects_dir(segment))
 
     def tmp_dir(self, kind: str, segment: str) -> str:
         import uuid

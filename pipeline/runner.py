@@ -27,11 +27,14 @@ import yaml
 
 from . import __version__, fs, ledger
 from .job import Job
+from .lock import RunLock
 from .rundir import RunDir
-from .stage import PrepareStep, Stage, drop_temporary
+from .stage import PrepareStep, Stage, code_digest, drop_temporary
+from .watchdog import SegmentStalled, Watchdog, progress, stalled, wait
 
-LISTING_ROWS_PER_PART = 256
-STORAGE_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")  # small parts = enough blocks to keep every worker busy
+LISTING_ROWS_PER_PART = 256  # small parts = enough blocks to keep every worker busy
+STORAGE_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
+IO_CPUS = 0.25  # CPU share of the tasks that only read parts or write a segment's files
 
 
 # -- Ray -------------------------------------------------------------------
@@ -86,6 +89,50 @@ def plan(stages: list[Stage]) -> list[Segment]:
         else:
             segments.append(Segment(len(segments), stage.kind, [stage]))
     return segments
+
+
+class NotEnoughResources(RuntimeError):
+    """A segment needs more CPUs or GPUs at once than the cluster has: it would wait forever."""
+
+
+def segment_needs(seg: Segment) -> dict[str, Any]:
+    """What a segment holds at once to make progress: its actor pools all together,
+    plus the largest task beside them; and the largest single worker (it must fit a node)."""
+    if seg.kind in ("global", "sink"):  # shuffles run as 1-CPU tasks (pipeline.shuffle)
+        return {"cpus": 1.0, "gpus": 0.0, "worker": (1.0, 0.0), "parts": "shuffle tasks of 1 CPU"}
+    pools = [s for s in seg.stages if s.stateful]
+    if not pools:
+        need = max(s.resources.num_cpus for s in seg.stages)
+        return {"cpus": need, "gpus": 0.0, "worker": (need, 0.0), "parts": f"tasks of {need:g} CPU"}
+    tasks = [IO_CPUS] + [s.resources.num_cpus for s in seg.stages if not s.stateful or s.has_prepare]
+    held = [(s.name, s.resources.concurrency or 1, s.resources.num_cpus, s.resources.num_gpus) for s in pools]
+    cpus = sum(n * c for _, n, c, _ in held) + max(tasks)
+    gpus = sum(n * g for _, n, _, g in held)
+    worker = (max([c for _, _, c, _ in held] + tasks), max(g for _, _, _, g in held))
+    parts = ", ".join(f"{name} {n} x {c:g} CPU" + (f" + {g:g} GPU" if g else "") for name, n, c, g in held)
+    return {"cpus": cpus, "gpus": gpus, "worker": worker,
+            "parts": f"actor pools {parts}, and tasks of up to {max(tasks):g} CPU beside them"}
+
+
+def check_resources(seg: Segment) -> None:
+    """Refuse a segment that cannot make progress on this cluster (Ray would wait forever)."""
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if not nodes:
+        return
+    need = segment_needs(seg)
+    for kind, key in (("CPU", "cpus"), ("GPU", "gpus")):
+        total = sum(n.get(kind, 0.0) for n in nodes)
+        largest = max(n.get(kind, 0.0) for n in nodes)
+        single = need["worker"][0 if kind == "CPU" else 1]
+        if need[key] > total + 1e-9 or single > largest + 1e-9:
+            where = f"the largest node has {largest:g}" if len(nodes) == 1 or single > largest + 1e-9 else \
+                f"the cluster has {total:g} ({len(nodes)} nodes, the largest {largest:g})"
+            wanted = need[key] if need[key] > total + 1e-9 else single
+            raise NotEnoughResources(
+                f"segment {seg.name} needs {wanted:g} {kind}s at once ({need['parts']}); {where}. "
+                f"Lower the stages' num_cpus, num_gpus or concurrency, or give Ray more {kind}s.")
 
 
 def _hash(*parts: Any) -> str:
@@ -187,8 +234,9 @@ class StageCall:
 class SegmentWriter:
     """Last step of a segment: writes a block's kept rows and its rejects, returns counts.
 
-    File names come from the block's sample ids, so a retried task rewrites
-    the same files instead of adding new ones.
+    File names come from the block's sample ids, so a retried task rewrites the
+    same files instead of adding new ones, and it removes the file it has nothing
+    for: an earlier attempt that rejected more (or fewer) rows leaves nothing behind.
     """
 
     def __init__(self, kept_dir: str, rejects_dir: str, thumbnails: dict):
@@ -201,14 +249,19 @@ class SegmentWriter:
         if block.num_rows:
             live, dead = ledger.split_live(block)
             name = f"part-{batch_key(block)}.parquet"
+            kept_uri, rejects_uri = fs.join(self.kept_dir, name), fs.join(self.rejects_dir, name)
             if live.num_rows:
                 live = live.drop_columns(["reject"])
-                fs.write_parquet(fs.join(self.kept_dir, name), live)
+                fs.write_parquet(kept_uri, live)
                 kept_n, kept_bytes = live.num_rows, media_bytes(live)
+            else:
+                fs.delete(kept_uri)
             if dead.num_rows:
                 flat = ledger.flatten_rejects(dead, self.thumbnails)
-                fs.write_parquet(fs.join(self.rejects_dir, name), flat)
+                fs.write_parquet(rejects_uri, flat)
                 counts = ledger.reason_counts(flat)
+            else:
+                fs.delete(rejects_uri)
         return pa.table({"kept": [kept_n], "kept_bytes": [kept_bytes], "rejects": [json.dumps(counts)]})
 
 
@@ -257,38 +310,75 @@ class Runner:
         self.ray_address = ray_address or job.ray.address
         self.segments = plan(job.stages)
         self.thumbnails = {col: fn for s in job.stages for col, fn in s.thumbnails.items()}
+        # The engine's own code is part of every segment's fingerprint.
+        self.engine = code_digest(__name__)
 
     def run(self) -> dict[str, Any]:
         t0 = time.time()
         self.job.storage.apply()
         rd = self.run_dir
         fs.makedirs(rd.root)
-        rd.remove_stale([s.name for s in self.segments])
-        fs.write_bytes(fs.join(rd.root, "job.yaml"),
-                       yaml.safe_dump({**self.job.to_dict(), "output": rd.root, "limit": self.limit},
-                                      sort_keys=False).encode())
-        results = []
-        upstream: dict[str, Any] = {}
-        for seg in self.segments:
-            if seg.kind == "listing":
-                info = self._run_listing(seg)
-            else:
-                fingerprint = _hash(__version__, upstream["fingerprint"], [s.fingerprint() for s in seg.stages])
-                marker = rd.marker(seg.name)
-                if marker and marker.get("fingerprint") == fingerprint:
-                    self.log(f"[mmcurate] {seg.name}: unchanged, skipped (fingerprint {fingerprint})")
-                    info = {**marker, "skipped": True}
+        # One run per directory, from before the first file is touched to the end.
+        with RunLock(rd.root) as self.lock:
+            rd.remove_stale([s.name for s in self.segments])
+            fs.write_bytes(fs.join(rd.root, "job.yaml"),
+                           yaml.safe_dump({**self.job.to_dict(), "output": rd.root, "limit": self.limit},
+                                          sort_keys=False).encode())
+            fs.write_bytes(fs.join(rd.root, "plan.json"), json.dumps(
+                {"segments": [s.name for s in self.segments],
+                 "sink": self.segments[-1].kind == "sink"}, indent=1).encode())
+            results = []
+            upstream: dict[str, Any] = {}
+            for seg in self.segments:
+                if seg.kind == "listing":
+                    info = self._run_listing(seg)
                 else:
-                    if upstream["kept"]:
-                        connect_ray(self.ray_address, self.job.ray.num_cpus, self.job.ray.object_store_mb)
-                    info = self._run_segment(seg, fingerprint, upstream)
-            results.append(info)
-            upstream = {**info, "dir": rd.segment_dir(seg.name)}
-        fs.delete(rd.journal)
-        summary = self._summary(results, time.time() - t0)
-        fs.write_bytes(fs.join(rd.root, "summary.json"), json.dumps(summary, indent=1).encode())
+                    fingerprint = _hash(__version__, self.engine, upstream["fingerprint"],
+                                        [s.fingerprint() for s in seg.stages])
+                    marker = rd.marker(seg.name)
+                    if marker and marker.get("fingerprint") == fingerprint and self._intact(seg, marker):
+                        self.log(f"[mmcurate] {seg.name}: unchanged, skipped (fingerprint {fingerprint})")
+                        info = {**marker, "skipped": True}
+                    else:
+                        if upstream["kept"]:
+                            connect_ray(self.ray_address, self.job.ray.num_cpus, self.job.ray.object_store_mb)
+                            check_resources(seg)
+                        info = self._run_watched(seg, fingerprint, upstream)
+                results.append(info)
+                upstream = {**info, "dir": rd.segment_dir(seg.name)}
+            fs.delete(rd.journal)
+            summary = self._summary(results, time.time() - t0)
+            fs.write_bytes(fs.join(rd.root, "summary.json"), json.dumps(summary, indent=1).encode())
         self.log(format_summary(summary))
         return summary
+
+    def _run_watched(self, seg: Segment, fingerprint: str, upstream: dict[str, Any]) -> dict[str, Any]:
+        try:
+            with Watchdog(f"segment {seg.name}", self.job.stall_timeout,
+                          "Is a stage stuck, or are the cluster's CPUs/GPUs taken by other work?"):
+                return self._run_segment(seg, fingerprint, upstream)
+        except SegmentStalled:
+            raise
+        except Exception as e:
+            cause = stalled(e)
+            if cause is None:
+                raise
+            raise cause from None
+
+    def _intact(self, seg: Segment, marker: dict[str, Any]) -> bool:
+        """Whether a committed segment's files still hold what its marker says."""
+        kept, rejected = self.run_dir.rows_on_disk(seg.name)
+        if seg.kind == "sink":
+            kept = fs.parquet_rows(self.run_dir.shards)
+        if (kept, rejected) == (marker.get("kept"), marker.get("rejected")):
+            return True
+        self.log(f"[mmcurate] {seg.name}: its files hold {kept} kept and {rejected} rejected rows, its marker "
+                 f"says {marker.get('kept')} and {marker.get('rejected')}: redoing it")
+        return False
+
+    def _commit(self, seg: Segment, tmp_kept: str, tmp_rejects: str, info: dict[str, Any]) -> None:
+        self.lock.check()
+        self.run_dir.commit(seg.name, tmp_kept, tmp_rejects, info, kept_in_segment=seg.kind != "sink")
 
     # -- listing: on the driver, before any I/O -----------------------------
     def _run_listing(self, seg: Segment) -> dict[str, Any]:
@@ -302,11 +392,12 @@ class Runner:
         t0 = time.time()
         bar = tqdm(desc=f"{seg.name}", unit=" inputs", file=sys.stderr, disable=None)
         pending: list[pa.Table] = []
+        identify = ledger.InputIds()
 
         def flush(part: int, tables: list[pa.Table]) -> None:
             nonlocal kept, rejected
-            table = ledger.stamp_stage(ledger.ensure_reject_column(
-                pa.concat_tables(tables, promote_options="permissive")), stage.name)
+            table = ledger.stamp_stage(identify(ledger.ensure_reject_column(
+                pa.concat_tables(tables, promote_options="permissive"))), stage.name)
             sink = pa.BufferOutputStream()
             with pa.ipc.new_stream(sink, table.schema) as w:
                 w.write_table(table)
@@ -341,14 +432,14 @@ class Runner:
         # listing changes its content, and one that does not (quality) must not rerun it.
         fingerprint = _hash(__version__, stage.name, digest.hexdigest())
         marker = rd.marker(seg.name)
-        if marker and marker.get("fingerprint") == fingerprint:
+        if marker and marker.get("fingerprint") == fingerprint and self._intact(seg, marker):
             fs.delete(tmp_k)
             fs.delete(tmp_r)
             self.log(f"[mmcurate] {seg.name}: inputs unchanged ({kept + rejected}), kept as committed")
             return {**marker, "skipped": True}
         info = {"segment": seg.name, "fingerprint": fingerprint, "inputs": kept + rejected, "kept": kept,
                 "kept_bytes": 0, "rejected": rejected, "rejects": dict(counts), "seconds": time.time() - t0}
-        rd.commit(seg.name, tmp_k, tmp_r, info)
+        self._commit(seg, tmp_k, tmp_r, info)
         self.log(f"[mmcurate] {seg.name}: {kept + rejected} inputs listed ({rejected} unreadable)")
         return info
 
@@ -371,8 +462,10 @@ class Runner:
             extra = seg.stages[0].write(self._read(ctx.parts) if upstream["kept"] else None, ctx) or {}
             kept = extra.get("samples", upstream["kept"])
             kept_bytes = upstream.get("kept_bytes", 0)
-            if kept != upstream["kept"]:
-                raise RuntimeError(f"{seg.name}: wrote {kept} samples of {upstream['kept']}")
+            on_disk = fs.parquet_rows(rd.shards)
+            if kept != upstream["kept"] or on_disk != kept:
+                raise RuntimeError(f"{seg.name}: wrote {kept} samples of {upstream['kept']} "
+                                   f"({on_disk} in the shard indexes)")
         elif upstream["kept"]:
             journal = fs.join(rd.journal, seg.name)
             fs.delete(journal)  # markers of an earlier, interrupted attempt are not crashes of this one
@@ -388,8 +481,9 @@ class Runner:
                 # A global stage either returns a dataset to write, or wrote through
                 # ctx.writer itself and returns the writer's counts.
                 stats = ds if isinstance(ds, list) else \
-                    ds.map_batches(writer, batch_size=None, batch_format="pyarrow").iter_rows()
+                    ds.map_batches(writer, batch_size=None, batch_format="pyarrow", num_cpus=IO_CPUS).iter_rows()
             for row in stats:
+                progress()
                 kept += row["kept"]
                 kept_bytes += row["kept_bytes"]
                 counts.update(json.loads(row["rejects"]))
@@ -400,7 +494,7 @@ class Runner:
         info = {"segment": seg.name, "fingerprint": fingerprint, "inputs": upstream["kept"], "kept": kept,
                 "kept_bytes": kept_bytes, "rejected": rejected, "rejects": dict(counts),
                 "seconds": time.time() - t0, **extra}
-        rd.commit(seg.name, tmp_k, tmp_r, info)
+        self._commit(seg, tmp_k, tmp_r, info)
         self.log(f"[mmcurate] {seg.name}: committed: {kept} kept, {rejected} rejected "
                  f"in {info['seconds']:.1f}s")
         return info
@@ -421,12 +515,17 @@ class Runner:
         task = ray.remote(_run_part).options(num_cpus=max(s.resources.num_cpus for s in seg.stages),
                                              max_retries=TASK_MAX_RETRIES)
         pending = [task.remote(part, calls, writer) for part in ctx.parts]
-        with tqdm(total=ctx.upstream_kept, desc=seg.name, unit=" rows", file=sys.stderr, disable=None) as bar:
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                row = ray.get(done[0])
-                bar.update(row["rows"])
-                yield row
+        try:
+            with tqdm(total=ctx.upstream_kept, desc=seg.name, unit=" rows", file=sys.stderr, disable=None) as bar:
+                while pending:
+                    done, pending = wait(pending)
+                    for ref in done:
+                        row = ray.get(ref)
+                        bar.update(row["rows"])
+                        yield row
+        finally:
+            for ref in pending:  # a stalled or failed segment leaves no task behind
+                ray.cancel(ref, force=True)
 
     @staticmethod
     def _read(parts: list[str]):
@@ -437,7 +536,7 @@ class Runner:
         import ray
 
         items = ray.data.from_items([{"part": p} for p in parts], override_num_blocks=max(1, len(parts)))
-        return items.map_batches(_read_parts, batch_size=1, batch_format="pyarrow", num_cpus=0.25)
+        return items.map_batches(_read_parts, batch_size=1, batch_format="pyarrow", num_cpus=IO_CPUS)
 
     @staticmethod
     def _map_stage(ds, stage: Stage, journal: str):

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import fs
+from .watchdog import gather
 
 Keys = Callable[[pa.Table], np.ndarray]  # table -> (rows, digits) uint16; rows without a key: leave them out
 
@@ -39,7 +40,7 @@ def kth_smallest(parts: list, keys: Keys, k: int, digits: int) -> tuple[int, ...
     prefix: tuple[int, ...] = ()
     remaining = k
     for _ in range(digits):
-        counts = np.sum(ray.get([task.remote(p, keys, prefix) for p in parts]), axis=0)
+        counts = np.sum(gather([task.remote(p, keys, prefix) for p in parts]), axis=0)
         if remaining > counts.sum():
             raise ValueError(f"asked for the {k}th smallest of fewer rows")
         cumulative = np.cumsum(counts)

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import fs
+from .watchdog import gather
 
 PARTITION = "_partition"
 MAP_TASKS = 32  # map tasks per shuffle
@@ -58,7 +59,7 @@ def hash_partition(parts: list, n: int, assign: Callable[[pa.Table], np.ndarray]
     if n == 1:
         pieces = [[ref] for ref in pieces]
     refs = [reducer.remote(p, reduce, *(piece[p] for piece in pieces)) for p in range(n)]
-    return ray.get(refs) if fetch else refs
+    return gather(refs) if fetch else refs
 
 
 def map_tables(parts: list, fn: Callable[[pa.Table], pa.Table], num_cpus: float = 1.0) -> list:

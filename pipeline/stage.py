@@ -6,13 +6,12 @@ decides tasks vs actors from the declared resources.
 """
 from __future__ import annotations
 
-import glob
+import ast
+import functools
 import hashlib
 import importlib.metadata
-import inspect
+import importlib.util
 import json
-import os
-import sys
 from typing import Any, ClassVar, Iterator, Literal
 
 import pyarrow as pa
@@ -25,6 +24,17 @@ class Params(BaseModel):
     """Base of every stage's parameters: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RowParams(Params):
+    """Parameters of a row stage: its CPU share per worker can be set from the job."""
+
+    num_cpus: float | None = Field(None, ge=0, le=1024, description="logical CPUs per worker (fractional allowed); "
+                                                                   "default: the stage's own")
+
+
+# Parameters that place work, not decide results: they never change a fingerprint.
+PLACEMENT = {"num_cpus", "num_gpus", "concurrency"}
 
 
 class Resources(BaseModel):
@@ -61,6 +71,8 @@ class Stage:
             params = params.model_dump()
         self.params = self.Params(**{**(params or {}), **overrides})
         self.resources = self.resources.model_copy()
+        if getattr(self.params, "num_cpus", None) is not None:
+            self.resources.num_cpus = self.params.num_cpus
         self._ready = False
 
     # -- lifecycle -------------------------------------------------------
@@ -101,11 +113,20 @@ class Stage:
         """Stateful stages (a model to load) run as an actor pool."""
         return self.resources.concurrency is not None or self.resources.num_gpus > 0
 
+    def external_inputs(self) -> list[str]:
+        """Files or folders the stage reads besides its rows (a model directory, an
+        earlier run's index). Their listing is part of the fingerprint, so that a
+        retrained model or a grown index reruns the segments that used them."""
+        return []
+
     def fingerprint(self) -> str:
-        """Changes when the parameters or the code change: the stage's module, the
-        modules beside it (its helpers) and the record schemas."""
-        return hashlib.sha256(json.dumps([self.name, self.params.model_dump(mode="json"),
-                                          _code_digest(type(self))]).encode()).hexdigest()[:16]
+        """Changes when what decides the output changes: the parameters (not the
+        placement ones), the code the stage runs (its module and every project
+        module it imports, transitively) and its external inputs."""
+        params = {k: v for k, v in self.params.model_dump(mode="json").items() if k not in PLACEMENT}
+        return hashlib.sha256(json.dumps([self.name, params, code_digest(type(self).__module__),
+                                          [listing_digest(p) for p in self.external_inputs()]]
+                                         ).encode()).hexdigest()[:16]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params!r})"
@@ -135,18 +156,78 @@ def drop_temporary(table: pa.Table) -> pa.Table:
     return table.drop_columns([c for c in table.column_names if c.startswith(TEMPORARY)])
 
 
-def _code_digest(cls: type) -> str:
-    module = inspect.getmodule(cls)
-    files = {inspect.getsourcefile(module)}
-    folder = os.path.dirname(files.pop())
-    files = sorted(glob.glob(os.path.join(folder, "*.py")))
-    schemas = sys.modules.get("schemas")
-    if schemas is not None and getattr(schemas, "__file__", None):
-        files.append(schemas.__file__)
-    h = hashlib.sha256()
+def listing_digest(uri: str) -> str:
+    """Names, sizes and modification times under a file or folder (local or s3://)."""
+    from . import fs
+
+    filesystem, path = fs.resolve(uri)
+    info = filesystem.get_file_info(path)
+    if info.type.name == "NotFound":
+        return f"{uri}: missing"
+    files = fs.list_files(uri, recursive=True) if info.type.name == "Directory" else [info]
+    h = hashlib.sha256(uri.encode())
     for f in files:
-        with open(f, "rb") as fh:
-            h.update(fh.read())
+        h.update(f"\0{f.path[len(path):]}\0{f.size}\0{f.mtime_ns}".encode())
+    return h.hexdigest()
+
+
+# Top-level packages of this project: their modules count as code a stage runs.
+PROJECT_PACKAGES = ("pipeline", "stages", "schemas", "jobs")
+
+
+@functools.lru_cache(maxsize=None)
+def _module_file(name: str) -> str | None:
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    return spec.origin if spec and spec.origin and spec.origin.endswith(".py") else None
+
+
+@functools.lru_cache(maxsize=None)
+def _imports(name: str) -> tuple[str, ...]:
+    """Project modules that module `name` imports (anywhere in it), and its parent packages."""
+    file = _module_file(name)
+    if file is None:
+        return ()
+    with open(file, "rb") as f:
+        tree = ast.parse(f.read(), filename=file)
+    package = name if file.endswith("__init__.py") else name.rpartition(".")[0]
+    roots = set(PROJECT_PACKAGES) | {name.partition(".")[0]}
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            candidates = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            candidates = [base] + [f"{base}.{a.name}" for a in node.names]
+        else:
+            continue
+        found.update(c for c in candidates if c.partition(".")[0] in roots and _module_file(c))
+    parts = name.split(".")
+    found.update(".".join(parts[:i]) for i in range(1, len(parts)) if _module_file(".".join(parts[:i])))
+    found.discard(name)
+    return tuple(sorted(found))
+
+
+@functools.lru_cache(maxsize=None)
+def code_digest(module: str) -> str:
+    """sha256 over the source of a module and every project module it imports, transitively."""
+    seen, todo = set(), [module]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(_imports(name))
+    h = hashlib.sha256()
+    for name in sorted(seen):
+        file = _module_file(name)
+        if file:
+            with open(file, "rb") as f:
+                h.update(name.encode() + b"\0" + f.read())
     return h.hexdigest()
 
 

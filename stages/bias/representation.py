@@ -38,6 +38,7 @@ from pipeline import fs, ledger
 from pipeline.select import at_most, id_digits, kth_smallest
 from pipeline.shuffle import map_tables
 from pipeline.stage import Params, Resources, Stage
+from pipeline.watchdog import gather
 
 DEFAULT_LEXICON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lexicon.yaml")
 
@@ -83,7 +84,7 @@ def _add_up(parts: list, count, *args) -> dict[str, int]:
     import ray
 
     total: Counter = Counter()
-    for part in ray.get([ray.remote(count).remote(part, *args) for part in parts]):
+    for part in gather([ray.remote(count).remote(part, *args) for part in parts]):
         total.update(part)
     return dict(total)
 
@@ -105,7 +106,6 @@ class AuditRepresentation(Stage):
     resources = Resources(num_cpus=1)
 
     def run_global(self, ds, ctx) -> list[dict[str, Any]]:
-        import ray
 
         p = self.params
         lex = lexicon(p.lexicon)
@@ -124,7 +124,7 @@ class AuditRepresentation(Stage):
             found = [mentions(x, lx) for x in t.column(column).to_pylist()]
             return writer(ledger.set_column(t, "mentions", pa.array(found, pa.list_(pa.string()))))
 
-        return [t.to_pylist()[0] for t in ray.get(map_tables(ctx.parts, annotate))]
+        return [t.to_pylist()[0] for t in gather(map_tables(ctx.parts, annotate))]
 
 
 class RebalanceParams(Params):
@@ -165,7 +165,6 @@ class Rebalance(Stage):
                          self.params.category)
 
     def run_global(self, ds, ctx) -> list[dict[str, Any]]:
-        import ray
 
         p = self.params
         if p.category not in lexicon(p.lexicon):
@@ -178,7 +177,7 @@ class Rebalance(Stage):
             weights = {g: total / (len(counts) * n) for g, n in counts.items()}
             print(f"[mmcurate] {self.name}: {p.category} weights " +
                   ", ".join(f"{g} {w:.3f} ({counts[g]} rows)" for g, w in sorted(weights.items())))
-            return [t.to_pylist()[0] for t in ray.get(map_tables(ctx.parts, lambda t: writer(stage.weigh(t, weights))))]
+            return [t.to_pylist()[0] for t in gather(map_tables(ctx.parts, lambda t: writer(stage.weigh(t, weights))))]
         quota = math.floor(p.max_ratio * min(counts.values())) if counts else 0
         cutoffs = {}
         for group, n in counts.items():
@@ -186,7 +185,7 @@ class Rebalance(Stage):
                 cutoffs[group] = kth_smallest(ctx.parts, lambda t, g=group: stage.keys(t, g), quota, digits=4)
         print(f"[mmcurate] {self.name}: {p.category} " + ", ".join(f"{g} {n}" for g, n in sorted(counts.items()))
               + f"; each group kept to at most {quota} (max_ratio {p.max_ratio})")
-        return [t.to_pylist()[0] for t in ray.get(map_tables(ctx.parts,
+        return [t.to_pylist()[0] for t in gather(map_tables(ctx.parts,
                                                              lambda t: writer(stage.cut(t, cutoffs, quota))))]
 
     def keys(self, table: pa.Table, group: str) -> np.ndarray:

@@ -30,6 +30,7 @@ from pydantic import Field, field_validator
 
 from pipeline import fs, ledger
 from pipeline.shuffle import hash_partition, map_tables, partition_of
+from pipeline.watchdog import gather
 from pipeline.stage import Params, Resources, Stage
 
 from .exact import KeepRule
@@ -108,6 +109,10 @@ class NearDuplicates(Stage):
         return [f"{r}{o:020d}|{i}" for r, o, i in zip(ranks, ordinal, ids)]
 
     # -- the persisted index --------------------------------------------------------------
+    def external_inputs(self) -> list[str]:
+        """The indexes in `against`: one that grew since reruns this stage."""
+        return list(self.params.against)
+
     def _index_parts(self) -> list[str]:
         """Parts of the indexes in `against`, after checking that they were made alike."""
         parts = []
@@ -301,7 +306,6 @@ def components(edges: list, n: int, max_rounds: int = 1000) -> tuple[list, int]:
     process sees more than one partition of edges or labels: the driver holds
     references, and one count per partition per round.
     """
-    import ray
 
     nodes = by_column("_node", n)
     labels = hash_partition(edges, n, nodes, _seed, fetch=False)
@@ -309,7 +313,7 @@ def components(edges: list, n: int, max_rounds: int = 1000) -> tuple[list, int]:
         messages = hash_partition(list(edges) + [_only_labels.remote(r) for r in labels], n, nodes,
                                   _propagate, fetch=False)
         labels = hash_partition(messages, n, nodes, _settle, fetch=False)
-        if sum(ray.get([_changed.remote(r) for r in labels])) == 0:
+        if sum(gather([_changed.remote(r) for r in labels])) == 0:
             return labels, rounds
     raise RuntimeError(f"connected components did not settle in {max_rounds} rounds")
 

@@ -3,6 +3,7 @@ parameters, L2-normalised float16 output columns, and the model record in `meta`
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Literal
 
 import numpy as np
@@ -10,10 +11,10 @@ import pyarrow as pa
 from pydantic import Field
 
 from pipeline import ledger
-from pipeline.stage import Params, Resources, Stage
+from pipeline.stage import RowParams, Resources, Stage
 
 
-class ModelParams(Params):
+class ModelParams(RowParams):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when the worker sees a GPU")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto", description="auto = bf16 on GPUs that support it, else fp16; fp32 on CPU")
@@ -34,6 +35,11 @@ class ModelStage(Stage):
         p = self.params
         self.resources = Resources(num_cpus=p.num_cpus, num_gpus=p.num_gpus, concurrency=p.concurrency,
                                    batch_size=p.batch_size)
+
+    def external_inputs(self) -> list[str]:
+        """The model directory, when the model is one: new weights rerun the stage."""
+        model = getattr(self.params, "model", "")
+        return [model] if model and os.path.isdir(model) else []
 
 
 def pick_device(device: str) -> str:

@@ -19,7 +19,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from pipeline import ledger
-from pipeline.stage import Params, Resources, Stage
+from pipeline.stage import RowParams, Resources, Stage
 
 PLACEHOLDERS = {"image", "images", "photo", "photos", "picture", "pic", "img", "untitled", "no title", "no caption",
                 "caption", "null", "none", "n/a", "na", "placeholder", "stock photo", "stock image", "thumbnail",
@@ -63,7 +63,7 @@ def language(caption: str) -> tuple[str, float]:
     return lang, float(prob)
 
 
-class FilterCaptionQualityParams(Params):
+class FilterCaptionQualityParams(RowParams):
     caption_column: str = Field("caption", description="caption column")
     languages: list[str] = Field(["en"], description="ISO 639-1 codes to keep; [] = any language")
     min_language_confidence: float = Field(0.5, ge=0, le=1, description="how sure py3langid must be of another "

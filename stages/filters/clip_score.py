@@ -24,6 +24,7 @@ from pipeline import ledger
 from pipeline.select import at_most, descending_digits, id_digits, kth_smallest
 from pipeline.shuffle import map_tables
 from pipeline.stage import Params, Resources, Stage
+from pipeline.watchdog import gather
 
 
 class FilterClipScoreParams(Params):
@@ -73,16 +74,15 @@ class FilterClipScore(Stage):
         return ledger.stamp_stage(ledger.with_rejects(table, rejects), self.name)
 
     def run_global(self, ds, ctx) -> list[dict[str, Any]]:
-        import ray
 
         cutoff = None
         if self.params.fraction is not None:
-            total = sum(ray.get([_count_valid.remote(part, self.params.column) for part in ctx.parts]))
+            total = sum(gather([_count_valid.remote(part, self.params.column) for part in ctx.parts]))
             cutoff = self.cutoff(ctx.parts, total)
             print(f"[mmcurate] {self.name}: keeping the top {self.params.fraction:.0%} of {total} scored rows")
         stage, writer = self, ctx.writer
         refs = map_tables(ctx.parts, lambda t: writer(stage.mark(t, cutoff)))
-        return [t.to_pylist()[0] for t in ray.get(refs)]
+        return [t.to_pylist()[0] for t in gather(refs)]
 
 
 def _remote(fn):

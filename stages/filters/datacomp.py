@@ -11,10 +11,10 @@ import pyarrow as pa
 from pydantic import Field
 
 from pipeline import ledger
-from pipeline.stage import Params, Resources, Stage
+from pipeline.stage import RowParams, Resources, Stage
 
 
-class FilterDatacompBasicParams(Params):
+class FilterDatacompBasicParams(RowParams):
     min_caption_words: int = Field(3, ge=0, description="at least this many words (DataComp: more than 2)")
     min_caption_chars: int = Field(6, ge=0, description="at least this many characters (DataComp: more than 5)")
     min_side: int = Field(200, ge=0, description="shorter side of the original image, px (DataComp: 200)")

@@ -24,7 +24,7 @@ from PIL import Image
 from pydantic import Field
 
 from pipeline import ledger
-from pipeline.stage import Params, Resources, Stage
+from pipeline.stage import RowParams, Resources, Stage
 
 MEASURE_SIZE = 512
 
@@ -47,7 +47,7 @@ def measure(data: bytes) -> tuple[float, float, int, int]:
     return entropy, float(lap.var()), w, h
 
 
-class FilterImageQualityParams(Params):
+class FilterImageQualityParams(RowParams):
     image_column: str = Field("image", description="encoded image bytes")
     min_entropy: float = Field(2.0, ge=0, le=8, description="gray-histogram entropy in bits below which an image "
                                                             "is blank or near-uniform")

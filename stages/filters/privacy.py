@@ -25,7 +25,7 @@ from PIL import Image, ImageFilter
 from pydantic import Field
 
 from pipeline import ledger
-from pipeline.stage import Params, Resources, Stage
+from pipeline.stage import RowParams, Resources, Stage
 
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _HEX = r"[0-9a-f]{1,4}"
@@ -66,7 +66,7 @@ def redact(text: str) -> tuple[str, dict[str, int]]:
     return text, counts
 
 
-class RedactPiiParams(Params):
+class RedactPiiParams(RowParams):
     columns: list[str] = Field(["caption"], description="text columns to redact in place")
 
 
@@ -131,7 +131,7 @@ def blur_boxes(im: Image.Image, boxes: list[tuple[int, int, int, int]]) -> Image
     return im
 
 
-class BlurFacesParams(Params):
+class BlurFacesParams(RowParams):
     image_column: str = Field("image", description="encoded image bytes (blurred in place)")
     format_column: str = Field("image_format", description="column naming the image format (jpg or webp)")
     min_face: int = Field(24, ge=8, description="smallest face side searched, px at <= 512 px")

@@ -15,7 +15,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from pipeline import ledger
-from pipeline.stage import Params, Resources, Stage
+from pipeline.stage import RowParams, Resources, Stage
 
 
 def wordlist() -> list[str]:
@@ -26,7 +26,7 @@ def wordlist() -> list[str]:
         return sorted({w.strip().lower() for w in f if w.strip()})
 
 
-class FilterToxicTextParams(Params):
+class FilterToxicTextParams(RowParams):
     columns: list[str] = Field(["caption"], min_length=1, description="text columns to check")
     extra_terms: list[str] = Field(default_factory=list, description="terms added to the list")
     allow_terms: list[str] = Field(default_factory=list, description="terms removed from the list")

@@ -315,8 +315,9 @@ class Downloader:
         if image_kind(data) is None:
             ctype = resp.headers.get("Content-Type", "none")
             head = data[:64].lstrip().lower()
-            what = "an HTML page" if head.startswith((b"<!doctype html", b"<html", b"<")) else f"bytes {data[:8].hex()}"
-            raise DownloadError("not_an_image", f"{url}: {what}, not an image (Content-Type {ctype})")
+            # what it looks like, never what it holds
+            what = "an HTML page" if head.startswith((b"<!doctype html", b"<html", b"<")) else f"{len(data)} bytes"
+            raise DownloadError("not_an_image", f"{url}: {what}, not an image (Content-Type {str(ctype)[:100]})")
         return data
 
     # -- plumbing ---------------------------------------------------------------------

@@ -31,6 +31,15 @@ class Encoded:
     original_format: str
 
 
+def _looks_like_text(head: bytes) -> bool:
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 4:  # not just a character cut at the end
+            return False
+    return b"\0" not in head
+
+
 def _to_rgb(im: Image.Image) -> Image.Image:
     """RGB for every mode PIL can give: alpha composited on white, 16-bit scaled down."""
     if im.mode == "RGB":
@@ -75,9 +84,10 @@ def decode_resize_encode(data: bytes, *, policy: str = "fit", size: int = 512, f
         raise ImageRejected("decompression_bomb", str(e)) from None
     except UnidentifiedImageError:
         head = data[:64].lstrip().lower()
+        # Say what it looks like, never what it holds: the bytes could be anyone's file.
         kind = "an HTML/XML document" if head.startswith((b"<!doctype", b"<html", b"<?xml", b"<")) else \
-            f"unrecognised bytes {data[:8].hex()}"
-        raise ImageRejected("not_an_image", f"not an image: {kind}") from None
+            "text" if _looks_like_text(data[:512]) else "unrecognised binary data"
+        raise ImageRejected("not_an_image", f"not an image: {kind} ({len(data)} bytes)") from None
     except Exception as e:  # noqa: BLE001 - PIL raises many types on bad headers
         raise ImageRejected("corrupt", f"bad image header: {type(e).__name__}: {e}") from None
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Any, Iterator, Literal
 
 import pyarrow as pa
 from pydantic import Field
 
 from pipeline import fs, ledger
-from pipeline.stage import Params, Resources, Stage
+from pipeline.stage import RowParams, Resources, Stage
 from schemas import IMAGE_TEXT
 
 from . import sources
@@ -35,12 +36,15 @@ LOCATORS = pa.schema([
 RESERVED = set(IMAGE_TEXT.names) | set(LOCATORS.names) | {"reject"}
 
 
-class IngestImageTextParams(Params):
+class IngestImageTextParams(RowParams):
     source: str = Field(..., description="manifest (.parquet/.jsonl/.csv), folder of images, or .tar shards (glob or {a..b})")
     source_format: Literal["auto", "manifest", "directory", "webdataset"] = Field(
         "auto", description="how to read `source`; auto = by extension or folder")
     path_column: str = Field("path", description="manifest column with the image path (relative = to the manifest's folder)")
     url_column: str = Field("url", description="manifest column with image URLs, used when there is no path column")
+    allowed_roots: list[str] = Field(default_factory=list, description="folders (or s3://bucket/prefix) outside the "
+                                     "manifest's own folder that its paths may point into; s3:// URLs in a URL "
+                                     "list are read only inside these")
     caption_column: str = Field("caption", description="manifest column with the caption")
     resize: Literal["fit", "center_crop", "pad", "none"] = Field(
         "fit", description="fit = shrink into image_size (keeps aspect); center_crop/pad = exactly image_size square")
@@ -84,7 +88,8 @@ class IngestImageText(Stage):
         p = self.params
         fmt = sources.detect_format(p.source) if p.source_format == "auto" else p.source_format
         if fmt == "manifest":
-            return sources.list_manifest(p.source, p.path_column, p.caption_column, p.url_column)
+            return sources.list_manifest(p.source, p.path_column, p.caption_column, p.url_column,
+                                         p.allowed_roots)
         if fmt == "directory":
             return sources.list_directory(p.source, "image")
         return sources.list_tars(p.source, "image")
@@ -194,10 +199,14 @@ class IngestImageText(Stage):
 
     @staticmethod
     def _read(row: dict[str, Any]) -> bytes:
+        path = row["path"]
         try:
             if row["_tar_offset"] is not None:
-                return fs.read_range(row["path"], row["_tar_offset"], row["_tar_size"])
-            return fs.read_bytes(row["path"])
+                return fs.read_range(path, row["_tar_offset"], row["_tar_size"])
+            if fs.is_local(path) and os.path.realpath(path) != path:
+                # listing stored the real path, checked against the roots; a link now in its place is not ours
+                raise ImageRejected("path_outside_root", "the path became a symbolic link after listing")
+            return fs.read_bytes(path)
         except FileNotFoundError:
             raise ImageRejected("missing_file", "file not found") from None
         except OSError as e:

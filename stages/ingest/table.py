@@ -76,7 +76,7 @@ class IngestTable(Stage):
             for name, values in defaults.items():
                 if name not in table.column_names:
                     table = table.append_column(name, values)
-            _check_ids(uri, table)
+            table = _check_ids(uri, table, rows)
             if n:
                 yield table
             start += n
@@ -84,15 +84,23 @@ class IngestTable(Stage):
                 break
 
 
-def _check_ids(uri: str, table: pa.Table) -> None:
-    """A sample_id the input brings must be a string, present and dot-free (a WebDataset key)."""
-    import pyarrow.compute as pc
-
+def _check_ids(uri: str, table: pa.Table, rows: range) -> pa.Table:
+    """Ids the input brings become strings; a missing one gets the row's own id. Whether
+    they are safe and unique is the runner's check, for every source alike
+    (pipeline.ledger.InputIds): a bad id is replaced, a repeated one rejected."""
     col = table.column("sample_id")
-    if not pa.types.is_string(col.type) and not pa.types.is_large_string(col.type):
-        raise SourceError(f"{uri}: column 'sample_id' must hold strings, not {col.type}")
-    if col.null_count:
-        raise SourceError(f"{uri}: column 'sample_id' has {col.null_count} empty value(s)")
-    dotted = pc.filter(col, pc.match_substring(col, "."))
-    if len(dotted):
-        raise SourceError(f"{uri}: sample_id {dotted[0].as_py()!r} contains a dot (WebDataset keys cannot)")
+    if pa.types.is_integer(col.type):
+        col = col.cast(pa.string())
+    elif not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_null(col.type)):
+        raise SourceError(f"{uri}: column 'sample_id' must hold strings or integers, not {col.type}")
+    if col.null_count or not pa.types.is_string(col.type):
+        col = pa.array([v if v is not None else ledger.sample_id(uri, i) for v, i in zip(col.to_pylist(), rows)],
+                       pa.string())
+    table = table.set_column(table.schema.get_field_index("sample_id"), "sample_id", col)
+    meta = table.column("meta")
+    if not pa.types.is_string(meta.type):  # meta is JSON text
+        import json
+
+        table = table.set_column(table.schema.get_field_index("meta"), "meta", pa.array(
+            [v if isinstance(v, str) else json.dumps(v, default=str) for v in meta.to_pylist()], pa.string()))
+    return table

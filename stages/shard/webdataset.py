@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from pipeline import fs
+from pipeline.ledger import SAFE_ID
 from pipeline.shuffle import hash_partition
 from pipeline.stage import Params, Resources, Stage
 from schemas import EMBEDDING_SUFFIX, SHARD_MEMBERS
@@ -132,6 +133,8 @@ class _ShardWriter:
             sink = _HashingWriter(raw)
             for i, row in enumerate(group.drop_columns(embeddings).to_pylist()):
                 key = row["sample_id"]
+                if not SAFE_ID.fullmatch(key):  # listing makes every id safe; never write a path as a name
+                    raise ValueError(f"sample_id {key[:200]!r} is not a safe WebDataset key ({SAFE_ID.pattern})")
                 for col in media:
                     if row[col] is None:
                         continue

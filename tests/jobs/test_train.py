@@ -139,3 +139,45 @@ def test_classification_head_and_sample_weights(ray_session, tmp_path):
     records = [json.loads(x) for x in (tmp_path / "cls" / "metrics-rank0.jsonl").read_text().splitlines()]
     losses = [r["loss_class"] for r in records]
     assert len(losses) == 200 and np.mean(losses[-20:]) < 0.6 * np.mean(losses[:20])  # it learns the classes
+
+
+def test_a_crafted_checkpoint_runs_no_code(shards, tmp_path):
+    """A checkpoint is data: one that pickles a command must not run it on resume."""
+    import pickle
+
+    out = tmp_path / "out"
+    out.mkdir()
+    proof = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {proof}",))
+
+    import torch
+
+    torch.save({"model": Payload(), "step": 5}, out / "checkpoint-00000005.pt", pickle_module=pickle)
+    train(_cfg(shards, out, steps=10))
+    assert not proof.exists()
+    assert json.load(open(out / "rank-0.json"))["steps"] == 10  # it started afresh
+
+
+def test_steps_per_epoch_beyond_the_data_is_refused(shards, tmp_path):
+    with pytest.raises(SystemExit, match=r"steps_per_epoch=500.*only \d+ batches"):
+        train(_cfg(shards, tmp_path / "out", steps=20, steps_per_epoch=500))
+    result = train(_cfg(shards, tmp_path / "resampled", steps=12, steps_per_epoch=500, resampled=True))
+    assert result["steps"] == 12  # with replacement there is no end of the data
+
+
+def test_a_truncated_newest_checkpoint_resumes_from_the_one_before(shards, tmp_path, capfd):
+    out = tmp_path / "out"
+    train(_cfg(shards, out, steps=40, checkpoint_every=20, max_steps_this_run=40))
+    assert not [p for p in os.listdir(out) if ".tmp-" in p]  # written to a temporary name, then renamed
+    newest = out / "checkpoint-00000040.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # a crash mid-write
+    capfd.readouterr()
+    train(_cfg(shards, out, steps=60, checkpoint_every=20))
+    err = capfd.readouterr().err
+    assert f"skipping checkpoint {newest}" in err
+    assert json.load(open(out / "rank-0.json"))["steps"] == 60
+    first = [json.loads(line) for line in open(out / "metrics-rank0.jsonl")]
+    assert [r["step"] for r in first].count(21) == 2  # steps 21.. were redone from checkpoint 20

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from pipeline import ledger
 from pipeline.job import Job
-from pipeline.stage import Params, Resources, Stage
+from pipeline.stage import Params, Resources, RowParams, Stage
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -51,7 +51,7 @@ class ExitOn(Stage):
         return batch
 
 
-class RejectOddParams(Params):
+class RejectOddParams(RowParams):
     column: str = Field("n", description="integer column")
 
 
@@ -121,4 +121,26 @@ class ExitOnInActor(ExitOn):
     """ExitOn as a stateful stage: the crash takes down an actor of the pool."""
 
     name = "test_exit_on_in_actor"
+    resources = Resources(num_cpus=0.5, concurrency=1, batch_size=16)
+
+
+class SleepOnParams(RowParams):
+    word: str = Field("sleep", description="a batch with this word in a caption sleeps for an hour")
+
+
+class SleepOn(Stage):
+    """Hangs (sleeps an hour) on a batch whose caption contains `word`: a stuck stage."""
+
+    name = "test_sleep_on"
+    Params = SleepOnParams
+    resources = Resources(num_cpus=0.5, batch_size=16)
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        if any(self.params.word in str(c) for c in batch.column("caption").to_pylist()):
+            time.sleep(3600)
+        return batch
+
+
+class SleepOnInActor(SleepOn):
+    name = "test_sleep_on_in_actor"
     resources = Resources(num_cpus=0.5, concurrency=1, batch_size=16)

@@ -53,3 +53,48 @@ def test_missing_and_broken_files(tmp_path):
     (tmp_path / "bad.yaml").write_text("stages: [\n")
     with pytest.raises(JobError, match="not valid YAML"):
         load_job(str(tmp_path / "bad.yaml"))
+
+
+BOMB = """name: bomb
+a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+stages:
+  - ingest_image_text: {source: *h}
+"""
+
+
+def test_a_yaml_bomb_is_refused_fast(tmp_path):
+    import time
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB)
+    t0 = time.time()
+    with pytest.raises(JobError, match="YAML aliases .* expand to more than"):
+        load_job(str(path))
+    assert time.time() - t0 < 2
+    big = tmp_path / "big.yaml"
+    big.write_text("name: big\n# " + "x" * (2 << 20) + "\nstages: [ingest_table]\n")
+    with pytest.raises(JobError, match="at most 1048576 bytes"):
+        load_job(str(big))
+
+
+def test_messages_about_huge_values_stay_short():
+    import time
+
+    nested = [["lol"] * 9] * 9
+    for _ in range(5):
+        nested = [nested] * 9  # 9**7 strings once expanded, as an alias bomb loaded below the limit would be
+    t0 = time.time()
+    for bad in ({"ingest_image_text": {"source": nested}}, nested, {"ingest_image_text": nested}):
+        with pytest.raises(JobError) as e:
+            parse_job({"name": "t", "stages": [bad]})
+        assert len(str(e.value)) < 3000
+    with pytest.raises(JobError) as e:
+        parse_job({"name": "t", "stages": [{"ingest_image_text": {"source": "m"}}], "ray": nested})
+    assert len(str(e.value)) < 3000 and time.time() - t0 < 2

@@ -58,7 +58,7 @@ def test_plan_groups_row_stages_into_segments():
 def test_a_raising_batch_rejects_only_its_failing_rows(ray_session, demo_data, tmp_path):
     manifest = _poison_manifest(demo_data, tmp_path, poisoned=2)
     out = str(tmp_path / "run")
-    summary = Runner(make_job(IngestImageText(source=manifest), RaiseOn()), out, log=lambda *a: None).run()
+    summary = Runner(make_job(IngestImageText(source=manifest, allowed_roots=[demo_data["dir"]]), RaiseOn()), out, log=lambda *a: None).run()
     rejected = [r for r in _rejects(out)]
     assert sorted(r["reject_reason"] for r in rejected) == ["error:ValueError"] * 2
     assert all("poison" in r["caption"] and "test_raise_on" in r["reject_detail"] for r in rejected)
@@ -72,7 +72,7 @@ def test_a_raising_batch_rejects_only_its_failing_rows(ray_session, demo_data, t
 def test_a_row_that_kills_its_worker_is_the_only_reject(ray_session, demo_data, tmp_path, stage):
     manifest = _poison_manifest(demo_data, tmp_path, poisoned=1)
     out = str(tmp_path / "run")
-    summary = Runner(make_job(IngestImageText(source=manifest), stage()), out, log=lambda *a: None).run()
+    summary = Runner(make_job(IngestImageText(source=manifest, allowed_roots=[demo_data["dir"]]), stage()), out, log=lambda *a: None).run()
     (rejected,) = _rejects(out)
     assert rejected["reject_reason"] == "error:WorkerDied"
     assert "poison" in rejected["caption"]
@@ -162,6 +162,10 @@ def test_sigkill_after_a_commit_then_rerun(demo_data, tmp_path, ray_session):
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert not os.path.exists(os.path.join(out, "stages", "02-test_slow_pass", "_SUCCESS"))
     before = {seg: _files(out, seg) for seg in ("00-listing", "01-ingest_image_text")}
+    unfinished = ledger.audit(out)  # the kept rows of 01 balance, but the run is not done
+    assert not unfinished["ok"] and not unfinished["finished"]
+    assert unfinished["unfinished_segments"] == ["02-test_slow_pass", "03-shard_webdataset"]
+    assert "segment 02-test_slow_pass is not committed" in unfinished["problems"][0]
 
     # Rerun without the sleep (segment 02 never committed, so it is redone either way).
     job = make_job(IngestImageText(source=demo_data["manifest"], image_size=128), SlowPass(seconds=0),
@@ -225,11 +229,173 @@ def test_leftover_journal_markers_are_not_taken_for_crashes(ray_session, demo_da
     job = make_job(IngestImageText(source=demo_data["manifest"], image_size=64))
     Runner(job, out, log=lambda *a: None).run()
     listing = fs.read_parquet_dir(os.path.join(out, "stages", "00-listing"))
-    # An interrupted earlier attempt left markers for a batch and one of its rows.
+    # An interrupted earlier attempt left markers for the first batch of the first part and
+    # for its first row: exactly what a crash in that batch leaves behind.
     seg = "01-ingest_image_text"
-    marker = os.path.join(out, "_journal", seg, f"ingest_image_text-{batch_key(listing.slice(0, 32))}")
+    first_batch = listing.slice(0, IngestImageText.resources.batch_size)
+    marker = os.path.join(out, "_journal", seg, f"ingest_image_text-{batch_key(first_batch)}")
     fs.write_bytes(marker, b"")
     fs.write_bytes(f"{marker}-{listing.column('sample_id')[0].as_py()}", b"")
     job = make_job(IngestImageText(source=demo_data["manifest"], image_size=65))  # forces a rerun
     Runner(job, out, log=lambda *a: None).run()
     assert "error:WorkerDied" not in json.dumps(ledger.audit(out)["rejected_by_stage"])
+
+
+# -- hardening: retries, corrupt segments, inputs that changed, stalls, resources ----------------
+def _table(n: int, rejected: set[int] = frozenset()):
+    import pyarrow as pa
+
+    rejects = [ledger.reject("odd", "") if i in rejected else None for i in range(n)]
+    t = pa.table({"sample_id": [f"id{i}" for i in range(n)], "n": list(range(n))})
+    return ledger.stamp_stage(ledger.with_rejects(t, rejects), "test")
+
+
+def test_a_retried_block_replaces_what_its_first_attempt_wrote(tmp_path):
+    from pipeline.runner import SegmentWriter
+
+    kept, rejects = str(tmp_path / "kept"), str(tmp_path / "rejects")
+    writer = SegmentWriter(kept, rejects, {})
+    writer(_table(6, {1, 3}))  # the first attempt: a download timed out twice
+    writer(_table(6))  # the retry rejects nothing
+    assert (fs.parquet_rows(kept), fs.parquet_rows(rejects)) == (6, 0)
+    writer(_table(6, set(range(6))))  # and the other way round
+    assert (fs.parquet_rows(kept), fs.parquet_rows(rejects)) == (0, 6)
+
+
+def test_a_segment_whose_files_disagree_with_its_marker_is_redone(ray_session, demo_data, tmp_path):
+    out = str(tmp_path / "run")
+
+    def run():
+        job = make_job(IngestImageText(source=demo_data["manifest"], image_size=64), SlowPass())
+        return [s["skipped"] for s in Runner(job, out, log=lambda *a: None).run()["segments"]]
+
+    assert run() == [False, False, False]
+    seg = os.path.join(out, "stages", "01-ingest_image_text")
+    os.remove(os.path.join(seg, sorted(f for f in os.listdir(seg) if f.endswith(".parquet"))[0]))
+    # The fingerprint matched, the rows did not: 01 is redone; it gives the same rows as
+    # before, so 02 (whose own files are whole) stands.
+    assert run() == [True, False, True]
+    assert fs.parquet_rows(seg) + fs.parquet_rows(os.path.join(out, "rejects", "01-ingest_image_text")) == \
+        demo_data["inputs"]
+    assert ledger.audit(out)["ok"]
+
+
+def test_a_commit_counts_the_rows_on_disk(tmp_path):
+    from pipeline.rundir import RunDir, SegmentMismatch
+
+    rd = RunDir(str(tmp_path / "run"))
+    tmp_k, tmp_r = rd.tmp_dir("kept", "01-x"), rd.tmp_dir("rejects", "01-x")
+    fs.write_parquet(fs.join(tmp_k, "part-a.parquet"), _table(3).drop_columns(["reject"]))
+    fs.makedirs(tmp_r)
+    with pytest.raises(SegmentMismatch, match="hold 3 kept and 0 rejected.*reported 5 kept"):
+        rd.commit("01-x", tmp_k, tmp_r, {"kept": 5, "rejected": 0})
+    assert rd.marker("01-x") is None
+    rd.commit("01-x", tmp_k, tmp_r, {"kept": 3, "rejected": 0})
+    assert rd.marker("01-x") == {"kept": 3, "rejected": 0}
+
+
+def test_an_image_edited_in_place_reruns_what_read_it(ray_session, demo_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(demo_data["dir"], data)
+    out = str(tmp_path / "run")
+
+    def run():
+        job = make_job(IngestImageText(source=str(data / "manifest.jsonl"), image_size=64), SlowPass())
+        return [s["skipped"] for s in Runner(job, out, log=lambda *a: None).run()["segments"]]
+
+    assert run() == [False, False, False]
+    assert run() == [True, True, True]
+    image = data / "images" / "coffee_001.jpg"
+    image.write_bytes(image.read_bytes()[:-100])  # same name, other bytes
+    assert run() == [False, False, False]
+
+
+def test_a_grown_against_index_reruns_the_dedup_segment_only(ray_session, tmp_path):
+    from stages.dedup.minhash import DedupMinhash
+    from stages.ingest.table import IngestTable
+
+    def docs(path, n):
+        path.write_text("".join(json.dumps({"text": f"document number {i} " + "word " * 30 + str(i)}) + "\n"
+                                for i in range(n)))
+        return str(path)
+
+    earlier = str(tmp_path / "earlier")
+    Runner(make_job(IngestTable(source=docs(tmp_path / "a.jsonl", 20)), DedupMinhash(field="text")), earlier,
+           log=lambda *a: None).run()
+    new = docs(tmp_path / "b.jsonl", 10)
+    out = str(tmp_path / "run")
+
+    def run():
+        job = make_job(IngestTable(source=new), DedupMinhash(field="text", against=[f"{earlier}/index/dedup_minhash"]))
+        return [s["skipped"] for s in Runner(job, out, log=lambda *a: None).run()["segments"]]
+
+    assert run() == [False, False]
+    assert run() == [True, True]
+    Runner(make_job(IngestTable(source=docs(tmp_path / "a.jsonl", 40)), DedupMinhash(field="text")), earlier,
+           log=lambda *a: None).run()  # the earlier run grew, and so did its index
+    assert run() == [True, False]
+
+
+def test_a_stuck_stage_ends_its_segment_with_a_clear_error(ray_session, demo_data, tmp_path):
+    from pipeline.watchdog import SegmentStalled
+    from tests.pipeline.helpers import SleepOn, SleepOnInActor
+
+    manifest = _poison_manifest(demo_data, tmp_path, poisoned=0)
+    rows = [json.loads(line) for line in open(manifest)]
+    rows[3]["caption"] += " sleep"
+    with open(manifest, "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+    for stage in (SleepOn, SleepOnInActor):
+        job = make_job(IngestImageText(source=manifest, allowed_roots=[demo_data["dir"]], image_size=64), stage())
+        job.stall_timeout = 3
+        t0 = time.time()
+        with pytest.raises(SegmentStalled, match=r"segment 01-.*no progress for 3s"):
+            Runner(job, str(tmp_path / f"run-{stage.name}"), log=lambda *a: None).run()
+        assert time.time() - t0 < 60
+
+
+def test_a_segment_that_cannot_fit_the_cluster_is_refused_before_it_starts(ray_session):
+    from pipeline.runner import NotEnoughResources, Segment, check_resources
+    from tests.pipeline.helpers import WorkerTag
+
+    big = WorkerTag()
+    big.resources.num_cpus = 2.0  # a pool of 2 actors of 2 CPUs, beside the tasks that feed it
+    with pytest.raises(NotEnoughResources, match=r"segment 04-test_worker_tag needs 4.25 CPUs at once.*"
+                                                 r"test_worker_tag 2 x 2 CPU.*the largest node has 4"):
+        check_resources(Segment(4, "row", [big]))
+    check_resources(Segment(4, "row", [WorkerTag(), RejectOdd()]))  # 2 x 0.5 + 0.5: fits
+
+
+ONE_CPU_SCRIPT = """
+import sys
+sys.path.insert(0, {root!r})
+from pipeline.runner import Runner
+from stages.ingest.table import IngestTable
+from tests.pipeline.helpers import RejectOdd, WorkerTag, make_job
+pool = WorkerTag()
+pool.resources.concurrency = 1
+job = make_job(IngestTable(source={rows!r}), pool, RejectOdd(num_cpus={cpus}))
+job.ray.num_cpus, job.stall_timeout = 1, 60
+try:
+    print(Runner(job, {out!r}, log=lambda *a: None).run()["kept"])
+except Exception as e:
+    print(type(e).__name__, e)
+"""
+
+
+@pytest.mark.parametrize("cpus", [1.0, 0.25])
+def test_a_one_cpu_cluster_gets_an_error_or_a_finished_run_never_a_hang(tmp_path, cpus):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"n": i}) + "\n" for i in range(100)))
+    script = tmp_path / "job.py"
+    script.write_text(ONE_CPU_SCRIPT.format(root=ROOT, rows=str(rows), out=str(tmp_path / "run"), cpus=cpus))
+    ray_tmp = tempfile.mkdtemp(prefix="mk", dir="/tmp")
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240,
+                         env={**os.environ, "MMCURATE_RAY_TMPDIR": ray_tmp})
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    if cpus == 1.0:  # the actor pool holds 0.5, and a task of the row stage needs 1 more
+        assert "NotEnoughResources segment 01-test_worker_tag+test_reject_odd needs 1.5 CPUs at once" in res.stdout, \
+            res.stdout + res.stderr[-2000:]
+        assert "the largest node has 1" in res.stdout
+    else:
+        assert res.stdout.strip().splitlines()[-1] == "50", res.stdout + res.stderr[-2000:]

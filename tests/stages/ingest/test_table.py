@@ -1,4 +1,4 @@
-"""ingest_table: rows of a file, identity assigned where missing, bad ids refused clearly."""
+"""ingest_table: rows of a file, identity assigned where missing (ids made safe and unique: test_sources)."""
 import json
 
 import pyarrow as pa
@@ -22,12 +22,12 @@ def test_identity_added_and_columns_kept(tmp_path):
     assert next(IngestTable(source=str(tmp_path / "r.jsonl")).list_inputs(limit=2)).num_rows == 2
 
 
-def test_given_sample_ids_are_checked(tmp_path):
-    pq.write_table(pa.table({"sample_id": [1, 2]}), tmp_path / "ints.parquet")
-    with pytest.raises(SourceError, match="must hold strings"):
-        _list(tmp_path / "ints.parquet")
-    pq.write_table(pa.table({"sample_id": ["a.b"]}), tmp_path / "dots.parquet")
-    with pytest.raises(SourceError, match="contains a dot"):
-        _list(tmp_path / "dots.parquet")
+def test_given_sample_ids_become_strings_and_missing_ones_are_made(tmp_path):
+    pq.write_table(pa.table({"sample_id": [1, None, 3]}), tmp_path / "ints.parquet")
+    ids = _list(tmp_path / "ints.parquet").column("sample_id").to_pylist()
+    assert ids[0] == "1" and ids[2] == "3" and ids[1] and ids[1] not in ("1", "3", "None")
+    pq.write_table(pa.table({"sample_id": [[1], [2]]}), tmp_path / "lists.parquet")
+    with pytest.raises(SourceError, match="must hold strings or integers"):
+        _list(tmp_path / "lists.parquet")
     with pytest.raises(SourceError, match="file not found"):
         _list(tmp_path / "none.parquet")

@@ -90,3 +90,34 @@ def test_tar_headers_match_the_standard_library():
         info = tarfile.TarInfo(name)
         info.size, info.mtime, info.mode = size, 0, 0o444
         assert _ustar_header(name.encode(), size) == info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+
+
+def test_hostile_ids_never_become_member_paths(ray_session, tmp_path):
+    """Ids that are paths, dotted or repeated reach the shards as safe, unique keys."""
+    from pipeline import ledger
+    from stages.ingest.table import IngestTable
+
+    rows = [{"sample_id": "/x/escaped", "text": "abs"}, {"sample_id": "../../up", "text": "rel"},
+            {"sample_id": "a.b", "text": "dot"}, {"sample_id": "ok", "text": "first"},
+            {"sample_id": "ok", "text": "second"}]
+    src = tmp_path / "rows.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = str(tmp_path / "run")
+    Runner(make_job(IngestTable(source=str(src)), ShardWebDataset(samples_per_shard=10)), out,
+           log=lambda *a: None).run()
+    result = ledger.audit(out)
+    assert result["ok"] and result["kept"] == 4 and result["rejected_by_stage"] == {
+        "ingest_table": {"duplicate_input_id": 1}}
+    names = [n for ns in _tar_listing(os.path.join(out, "shards")).values() for n in ns]
+    assert all("/" not in n and not n.startswith(".") for n in names)
+    target = tmp_path / "extract"
+    with tarfile.open(os.path.join(out, "shards", "shard-000000.tar")) as tf:
+        tf.extractall(target, filter="data")
+    assert sorted(p.parent for p in target.rglob("*")) == [target] * len(names)
+    originals = {json.loads(tf_json)["meta"].get("input_sample_id") for tf_json in _jsons(out)}
+    assert originals == {"/x/escaped", "../../up", "a.b", None}
+
+
+def _jsons(out: str) -> list[bytes]:
+    with tarfile.open(os.path.join(out, "shards", "shard-000000.tar")) as tf:
+        return [tf.extractfile(m).read() for m in tf if m.name.endswith(".json")]
