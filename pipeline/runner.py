@@ -342,7 +342,8 @@ class Runner:
                     else:
                         if upstream["kept"]:
                             connect_ray(self.ray_address, self.job.ray.num_cpus, self.job.ray.object_store_mb)
-                            check_resources(seg)
+                            for later in self.segments[seg.index:]:  # before any of them runs, not mid-job
+                                check_resources(later)
                         info = self._run_watched(seg, fingerprint, upstream)
                 results.append(info)
                 upstream = {**info, "dir": rd.segment_dir(seg.name)}
