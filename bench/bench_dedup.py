@@ -94,7 +94,7 @@ def main() -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
     t0 = time.perf_counter()
     cli.main(["stage", "dedup_minhash", "--input", os.path.join(data, "docs.jsonl"), "--output",
-              os.path.join(data, "out"), "--set", "field=text", "--set", f"threshold={a.threshold}"])
+              os.path.join(data, "out"), "--set", "text_column=text", "--set", f"threshold={a.threshold}"])
     seconds = time.perf_counter() - t0
     rejects = fs.read_parquet_dir(os.path.join(data, "out", "rejects", "01-dedup_minhash"))
     removed = set(rejects.column("doc").to_pylist()) if rejects is not None else set()

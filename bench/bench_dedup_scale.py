@@ -108,7 +108,7 @@ def main() -> None:
         peak.start()
         t0 = time.perf_counter()
         cli.main(["stage", "dedup_minhash", "--input", os.path.join(data, "docs.jsonl"), "--output",
-                  os.path.join(data, "out"), "--set", "field=text"])
+                  os.path.join(data, "out"), "--set", "text_column=text"])
         seconds = time.perf_counter() - t0
         peak.stop = True
         removed = fs.read_parquet_dir(os.path.join(data, "out", "rejects", "01-dedup_minhash"))

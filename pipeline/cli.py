@@ -39,17 +39,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_stage(args: argparse.Namespace) -> int:
     from .runner import Runner
+    from .table import IngestTable
 
     sets = _parse_sets(args.set or [])
+    fields = _stage_fields(args.name)
     if args.against:
+        if "against" not in fields:
+            raise JobError(f"stage {args.name!r} takes no --against (it keeps no index)")
         sets["against"] = args.against
     where = f"mmcurate stage {args.name}"
-    stage = build_stage(args.name, {**sets, "source": args.input}, where) \
-        if "source" in _stage_fields(args.name) else None
+    stage = build_stage(args.name, {**sets, "source": args.input}, where) if "source" in fields else None
     if stage is not None and stage.is_source:
         stages = [stage]
-    else:
-        stages = [build_stage("ingest_table", {"source": args.input}, where), build_stage(args.name, sets, where)]
+    else:  # the engine's table reader feeds any other stage
+        stages = [build_stage(IngestTable.name, {"source": args.input}, where), build_stage(args.name, sets, where)]
     job = Job(name=f"stage-{args.name}", stages=stages)
     summary = Runner(job, args.output, ray_address=args.ray_address, limit=args.limit).run()
     last = summary["segments"][-1]["segment"]
@@ -72,12 +75,32 @@ def cmd_stages(args: argparse.Namespace) -> int:
               f"{' concurrency=' + str(res.concurrency) if res.concurrency else ''}]")
         if doc:
             print(f"  {doc[0]}")
+        reads, adds = _declared(cls)
+        print(f"  reads: {', '.join(reads) or '-'}")
+        print(f"  adds:  {', '.join(adds) or ('the columns of its input' if cls.open_columns else '-')}")
         for p in describe_params(cls):
             default = "(required)" if p["required"] else f"= {p['default']!r}"
             bounds = f" [{p['bounds']}]" if p["bounds"] else ""
             print(f"    {p['name']}: {p['type']} {default}{bounds}  {p['description']}")
         print()
     return 0
+
+
+def _declared(cls) -> tuple[list[str], list[str]]:
+    """The columns a stage reads and adds with its default parameters."""
+    from .job import _makers  # noqa: F401 - same construction as the job check's hint
+
+    try:
+        stage = object.__new__(cls)
+        stage.params = cls.Params.model_construct()
+        def member(c) -> str:
+            fmt = f", extension from {c.format[1:]}" if c.format.startswith("@") else f", .{c.format}" if c.format \
+                else ""
+            return f"{c.name} ({c.kind}{fmt})" if c.kind != "value" else c.name
+
+        return cls.reads(stage), [member(c) for c in cls.adds(stage)]
+    except Exception:  # noqa: BLE001 - declarations that need a required parameter
+        return ["(depends on its parameters)"], ["(depends on its parameters)"]
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -115,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="output directory")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="stage parameter (repeatable)")
     p.add_argument("--against", action="append", metavar="INDEX",
-                   help="for dedup stages: an earlier run's index (RUN/index/<stage>) to remove duplicates of")
+                   help="for stages that keep an index (every dedup stage): an earlier run's index "
+                        "(RUN/index/<stage>) to remove duplicates of")
     p.add_argument("--ray-address", help="join this Ray cluster")
     p.add_argument("--limit", type=int, help="take only the first N rows")
     p.set_defaults(fn=cmd_stage)
@@ -129,8 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.set_defaults(fn=cmd_audit)
 
-    sub.add_parser("train", help="train the reference fusion model on shards (jobs/train.py; "
-                   "`mmcurate train -h`)", add_help=False)
+    for name, ep in sorted(_commands().items()):
+        sub.add_parser(name, help=f"{ep.value} (`mmcurate {name} -h`)", add_help=False)
 
     p = sub.add_parser("report", help="write RUN_DIR/report/index.html and report.json",
                        description="The funnel, metric histograms, the representation table and thumbnails of "
@@ -140,12 +164,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _commands() -> dict[str, Any]:
+    """Commands other packages register (the entry-point group mmcurate.commands)."""
+    import importlib.metadata
+
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group="mmcurate.commands")}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["train"]:  # the reference trainer (jobs/train.py) has its own options
-        from jobs.train import main as train
-
-        return train(argv[1:])
+    commands = _commands()
+    if argv[:1] and argv[0] in commands:  # a registered command parses its own options
+        return commands[argv[0]].load()(argv[1:])
     from .lock import RunLocked
     from .rundir import SegmentMismatch
     from .runner import NotEnoughResources

@@ -110,13 +110,16 @@ def write_bytes(uri: str, data: bytes) -> None:
     fs.move(tmp, path)
 
 
-def write_parquet(uri: str, table: pa.Table) -> None:
+def write_parquet(uri: str, table: pa.Table) -> int:
+    """Write a table as one parquet file; returns the bytes written."""
     buf = io.BytesIO()
     # Media bytes are already compressed (JPEG, FLAC, ...): zstd on them only burns CPU.
     codecs = {f.name: "none" if pa.types.is_large_binary(f.type) or pa.types.is_binary(f.type) else "zstd"
               for f in table.schema}
     pq.write_table(table, buf, compression=codecs or "zstd")
-    write_bytes(uri, buf.getvalue())
+    data = buf.getvalue()
+    write_bytes(uri, data)
+    return len(data)
 
 
 def delete(uri: str) -> None:
@@ -166,10 +169,18 @@ def parquet_rows(uri: str) -> int:
 
 
 def read_parquet_dir(uri: str, columns: list[str] | None = None) -> pa.Table | None:
-    """All parquet parts of a directory as one table (None when there are none)."""
+    """All parquet parts of a directory as one table (None when there are none). With
+    `columns`, each part gives those of them it has (parts may differ: children carry
+    parent_id, their parents do not)."""
     files = [i.path for i in list_files(uri) if i.path.endswith(".parquet")]
     if not files:
         return None
     fs, _ = resolve(uri)
-    tables = [pq.read_table(f, filesystem=fs, columns=columns) for f in files]
+    tables = []
+    for f in files:
+        cols = None
+        if columns is not None:
+            names = set(pq.read_schema(f, filesystem=fs).names)
+            cols = [c for c in columns if c in names]
+        tables.append(pq.read_table(f, filesystem=fs, columns=cols))
     return pa.concat_tables(tables, promote_options="permissive")

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .stage import Stage, get_stage_class, registry
+from .stage import Column, Stage, get_stage_class, registry
 
 
 class JobError(ValueError):
@@ -69,6 +69,10 @@ class Job:
     storage: StorageSpec = field(default_factory=StorageSpec)
     source: str = "<inline>"
     stall_timeout: float = STALL_TIMEOUT
+
+    def columns(self) -> dict[str, Column]:
+        """What the job's stages declare they add, by column (the last declaration wins)."""
+        return {c.name: c for s in self.stages for c in s.adds()}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -144,6 +148,7 @@ def parse_job(data: Any, source: str = "<inline>") -> Job:
     if output is not None and not isinstance(output, str):
         raise JobError(f"{source}: 'output' must be a path, got {shown(output)}")
     _check_order(stages, source)
+    check_chain(stages, source)
     return Job(name=str(data.get("name") or "job")[:200], stages=stages, output=output,
                ray=ray_spec, storage=storage, source=source, stall_timeout=float(stall))
 
@@ -180,6 +185,49 @@ def _expanded_size(root: yaml.Node) -> int:
         stack.append((node, True))
         stack.extend((k, False) for k in kids if sizes.get(id(k), -2) < 0)
     return sizes[id(root)]
+
+
+IDENTITY_COLUMNS = ("sample_id", "ordinal", "modality", "source_uri", "meta", "parent_id")
+
+
+def _makers(column: str) -> list[str]:
+    """Registered stages that add `column` with their default parameters (for the hint)."""
+    found = []
+    for name, cls in registry().items():
+        try:
+            stage = object.__new__(cls)
+            stage.params = cls.Params.model_construct()
+            if any(c.name == column for c in cls.adds(stage)):
+                found.append(name)
+        except Exception:  # noqa: BLE001 - a stage whose declarations need its required parameters
+            continue
+    return found
+
+
+def check_chain(stages: list[Stage], source: str = "job", listed: set[str] | None = None) -> dict[str, Column]:
+    """Every column a stage reads is added by a stage before it (or listed by an open
+    source, once its listing is known); returns the declared columns. A stage's
+    binary columns must declare a format: they become shard members."""
+    declared: dict[str, Column] = {}
+    available: set[str] | None = set(IDENTITY_COLUMNS) | (listed or set())
+    for i, stage in enumerate(stages, 1):
+        if stage.open_columns and listed is None:
+            available = None  # a table's columns: checked after its listing
+        for column in stage.reads():
+            if available is not None and column not in available:
+                makers = [m for m in _makers(column) if m != stage.name]
+                hint = f"; {', '.join(makers)} adds it: put it before" if makers else \
+                    "; no stage adds it (is it a column of your input?)"
+                raise JobError(f"{source}: stages[{i}]: stage '{stage.name}' reads column '{column}', which no "
+                               f"stage before it adds{hint}")
+        for c in stage.adds():
+            if c.kind in ("media", "text") and not c.format:
+                raise JobError(f"{source}: stage '{stage.name}' adds {c.kind} column '{c.name}' without a format "
+                               "(its member extension in the shards)")
+            declared[c.name] = c
+            if available is not None:
+                available.add(c.name)
+    return declared
 
 
 def load_yaml(text: str, source: str) -> Any:

@@ -10,13 +10,13 @@ import hashlib
 import json
 import re
 from collections import Counter
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas import REJECT, REJECT_COLUMNS
+from schemas import EXPANDED, REJECT, REJECT_COLUMNS
 
 from . import fs
 
@@ -93,6 +93,20 @@ def _loads(meta: str | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"meta": value}
 
 
+def child_id(parent_id: str, locator: str) -> str:
+    """A child's id: from its parent's id and where in the parent it is (`t=12.00-18.50`,
+    a path, `func:Greeter.greet`), so that a rerun gives the same ids."""
+    return sample_id(f"child:{parent_id}", locator)
+
+
+def child(parent: dict[str, Any], locator: str, **columns: Any) -> dict[str, Any]:
+    """A child row of `parent` (a row as a dict): identity derived from the parent's,
+    `parent_id` set, the parent's ordinal kept (first in source order stays meaningful)."""
+    return {**columns, "sample_id": child_id(parent["sample_id"], locator), "parent_id": parent["sample_id"],
+            "ordinal": parent["ordinal"], "modality": columns.get("modality", parent.get("modality")),
+            "source_uri": f"{parent.get('source_uri')}#{locator}", "meta": columns.get("meta", parent.get("meta"))}
+
+
 def reject(reason: str, detail: str = "", duplicate_of: str | None = None,
            cluster_id: str | None = None) -> dict[str, Any]:
     """One reject record; `stage` is filled in by the runner."""
@@ -132,7 +146,7 @@ def stamp_stage(table: pa.Table, stage_name: str) -> pa.Table:
 
 
 def split_live(table: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """(rows still alive, rows already rejected upstream)."""
+    """(rows still alive, rows that left the stream upstream: rejected or expanded)."""
     table = ensure_reject_column(table)
     col = table.column("reject")
     if col.null_count == table.num_rows:  # the common case: nothing rejected, no copy
@@ -141,23 +155,31 @@ def split_live(table: pa.Table) -> tuple[pa.Table, pa.Table]:
     return table.filter(pc.invert(rejected)), table.filter(rejected)
 
 
-def flatten_rejects(table: pa.Table, thumbnails: dict[str, Callable[[bytes], bytes | None]]) -> pa.Table:
-    """The flat rejects table: input columns at top level plus reject_* columns.
+def split_expanded(dead: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(rejected rows, expanded rows) of the rows that left the stream."""
+    if not dead.num_rows:
+        return dead, dead
+    expanded = pc.fill_null(pc.equal(pc.struct_field(dead.column("reject"), "reason"), EXPANDED), False)
+    return dead.filter(pc.invert(expanded)), dead.filter(expanded)
 
-    Bulky binary columns are replaced by `<column>_thumbnail` where a thumbnail
-    function is known, and dropped otherwise.
-    """
+
+def flatten_rejects(table: pa.Table) -> pa.Table:
+    """The flat rejects table: input columns at top level plus reject_* columns.
+    Media columns stay references (small): the report previews them from the store."""
     rej = table.column("reject").combine_chunks()
     out = table.drop_columns(["reject"])
-    for name in list(out.column_names):
-        if pa.types.is_large_binary(out.schema.field(name).type):
-            if name in thumbnails:
-                thumbs = [thumbnails[name](b) if b is not None else None for b in out.column(name).to_pylist()]
-                out = out.append_column(f"{name}_thumbnail", pa.array(thumbs, type=pa.binary()))
-            out = out.drop_columns([name])
     for field, key in zip(REJECT_COLUMNS, ["stage", "reason", "detail", "duplicate_of", "cluster_id"]):
         out = set_column(out, field.name, pc.struct_field(rej, key).cast(field.type))
     return out
+
+
+def flatten_expanded(table: pa.Table) -> pa.Table:
+    """The expanded table: input columns plus the stage that expanded the row and its
+    number of children."""
+    rej = table.column("reject").combine_chunks()
+    out = table.drop_columns(["reject"])
+    out = set_column(out, "expand_stage", pc.struct_field(rej, "stage"))
+    return set_column(out, "children", pc.cast(pc.struct_field(rej, "detail"), pa.int64()))
 
 
 def reason_counts(rejects: pa.Table) -> Counter:
@@ -198,42 +220,61 @@ def audit(run_dir: str) -> dict[str, Any]:
     if holder is not None:
         problems.append(f"a run is in progress: {describe(holder)}")
 
-    listing = fs.join(rd.stages, planned[0])
-    ids = []
-    for part in (fs.read_parquet_dir(listing, ["sample_id"]),
-                 fs.read_parquet_dir(rd.rejects_dir(planned[0]), ["sample_id"])):
-        if part is not None:
-            ids.append(part.column("sample_id"))
-    inputs = pa.chunked_array([c for a in ids for c in a.chunks], type=pa.string())
+    def ids(folder: str | None, columns: list[str]) -> pa.Table:
+        t = fs.read_parquet_dir(folder, columns) if folder else None
+        t = t if t is not None else pa.table({c: pa.array([], pa.string()) for c in columns})
+        for c in columns:  # a folder without children has no parent_id column
+            if c not in t.column_names:
+                t = t.append_column(c, pa.nulls(t.num_rows, pa.string()))
+        return t.select(columns).cast(pa.schema([(c, pa.int64() if c == "children" else pa.string())
+                                                  for c in columns]))
 
+    inputs = pa.concat_tables([ids(fs.join(rd.stages, planned[0]), ["sample_id"]),
+                               ids(rd.rejects_dir(planned[0]), ["sample_id"])], promote_options="permissive"
+                              ).column("sample_id")
     if sink:
-        shards = fs.read_parquet_dir(rd.shards, ["__key__"]) if fs.exists(rd.shards) else None
-        kept_ids = shards.column("__key__") if shards is not None else pa.chunked_array([], pa.string())
+        shards = rd.shards if fs.exists(rd.shards) else None
+        kept = ids(shards, ["__key__", "parent_id"]).rename_columns(["sample_id", "parent_id"])
         kept_from = "shards"
     else:
-        last = fs.read_parquet_dir(fs.join(rd.stages, planned[-1]), ["sample_id"])
-        kept_ids = last.column("sample_id") if last is not None else pa.chunked_array([], pa.string())
+        kept = ids(fs.join(rd.stages, planned[-1]), ["sample_id", "parent_id"])
         kept_from = planned[-1]
-
-    reject_tables = [t for t in (fs.read_parquet_dir(rd.rejects_dir(name), ["sample_id", "reject_stage",
-                                                                          "reject_reason"])
-                                 for name in planned) if t is not None]
-    rejects = pa.concat_tables(reject_tables) if reject_tables else None
+    reject_tables = [ids(rd.rejects_dir(name), ["sample_id", "parent_id", "reject_stage", "reject_reason"])
+                     for name in planned]
+    rejects = pa.concat_tables(reject_tables, promote_options="permissive")
+    rejected = rejects.select(["sample_id", "parent_id"])
+    expanded = pa.concat_tables([ids(rd.expanded_dir(name), ["sample_id", "parent_id", "children"])
+                                 for name in planned], promote_options="permissive")
     by_reason: dict[str, dict[str, int]] = {}
     for key, n in sorted(reason_counts(rejects).items()):
         stage, reason = key.split("\t")
         by_reason.setdefault(stage, {})[reason] = n
 
-    out_ids = pa.chunked_array(
-        list(kept_ids.chunks) + (list(rejects.column("sample_id").chunks) if rejects is not None else []),
-        type=pa.string())
+    # Every node (an input, or a child of an expanded node) ends once: kept, rejected or expanded.
+    ends = pa.concat_tables([kept.select(["sample_id", "parent_id"]), rejected,
+                             expanded.select(["sample_id", "parent_id"])], promote_options="permissive")
+    out_ids = ends.column("sample_id")
     counts = pc.value_counts(out_ids)
     values, ns = counts.field("values"), counts.field("counts")
     twice = values.filter(pc.greater(ns, 1))
-    input_set = pc.unique(inputs)
-    missing = pc.filter(input_set, pc.invert(pc.is_in(input_set, value_set=values)))
-    unknown = pc.filter(values, pc.invert(pc.is_in(values, value_set=input_set)))
-    dup_inputs = len(inputs) - len(input_set)
+    derived = pc.unique(out_ids.filter(pc.is_valid(ends.column("parent_id"))))
+    nodes = pc.unique(pa.chunked_array([inputs.combine_chunks(), derived], pa.string()))
+    missing = pc.filter(nodes, pc.invert(pc.is_in(nodes, value_set=values)))
+    unknown = pc.filter(values, pc.invert(pc.is_in(values, value_set=nodes)))
+    dup_inputs = len(inputs) - len(pc.unique(inputs))
+    # ... and every child's parent was expanded, into as many children as it said.
+    parents = ends.column("parent_id").filter(pc.is_valid(ends.column("parent_id")))
+    orphans = pc.filter(parents, pc.invert(pc.is_in(parents, value_set=expanded.column("sample_id"))))
+    made = dict(zip(*(pc.value_counts(parents).field(f).to_pylist() for f in ("values", "counts"))))
+    lost = {sid: n - made.get(sid, 0) for sid, n in zip(expanded.column("sample_id").to_pylist(),
+                                                         expanded.column("children").to_pylist())
+            if made.get(sid, 0) != n}
+    if len(orphans):
+        problems.append(f"{len(orphans)} children whose parent was not expanded (e.g. {orphans[0].as_py()})")
+    if lost:
+        problems.append(f"{len(lost)} expanded samples whose children are not all accounted for "
+                        f"(e.g. {next(iter(lost))})")
+    missing_children = sum(n for n in lost.values() if n > 0)
     ok = not problems and len(missing) == 0 and len(twice) == 0 and len(unknown) == 0 and dup_inputs == 0
     return {
         "run_dir": run_dir,
@@ -243,12 +284,14 @@ def audit(run_dir: str) -> dict[str, Any]:
         "segments": planned,
         "unfinished_segments": unfinished,
         "inputs": len(inputs),
-        "kept": len(kept_ids),
+        "derived": len(derived),
+        "kept": kept.num_rows,
         "kept_in": kept_from,
-        "rejected": 0 if rejects is None else rejects.num_rows,
+        "rejected": rejects.num_rows,
+        "expanded": expanded.num_rows,
         "rejected_by_stage": by_reason,
-        "missing": len(missing),
-        "missing_examples": missing.to_pylist()[:10],
+        "missing": len(missing) + missing_children,
+        "missing_examples": missing.to_pylist()[:10] + [f"a child of {p}" for p, n in lost.items() if n > 0][:10],
         "duplicated": len(twice),
         "duplicated_examples": twice.to_pylist()[:10],
         "unknown": len(unknown),

@@ -3,6 +3,8 @@
 <output>/job.yaml                 the resolved job, as run
 <output>/stages/<nn>-<name>/      segment outputs + _SUCCESS (fingerprint, counts)
 <output>/rejects/<nn>-<name>/     reject parts of that segment
+<output>/expanded/<nn>-<name>/    rows of that segment that became children (lineage)
+<output>/media/                   the content-addressed media store (pipeline.media)
 <output>/shards/                  the published shards and manifest.json
 <output>/_journal/                crash journal of unfinished batches (see runner)
 <output>/_LOCK                    the run lock (pipeline.lock): one run per directory
@@ -11,9 +13,15 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import fs
+
+
+class SegmentFiles(NamedTuple):
+    kept: str
+    rejects: str
+    expanded: str
 
 
 class SegmentMismatch(RuntimeError):
@@ -25,6 +33,8 @@ class RunDir:
         self.root = root.rstrip("/") if "://" in root else fs.resolve(root)[1]
         self.stages = fs.join(self.root, "stages")
         self.rejects = fs.join(self.root, "rejects")
+        self.expanded = fs.join(self.root, "expanded")
+        self.media = fs.join(self.root, "media")
         self.shards = fs.join(self.root, "shards")
         self.journal = fs.join(self.root, "_journal")
 
@@ -33,6 +43,9 @@ class RunDir:
 
     def rejects_dir(self, name: str) -> str:
         return fs.join(self.rejects, name)
+
+    def expanded_dir(self, name: str) -> str:
+        return fs.join(self.expanded, name)
 
     def segment_dirs(self) -> list[str]:
         return self._subdirs(self.stages)
@@ -62,36 +75,47 @@ class RunDir:
         except ValueError:
             return None
 
-    def commit(self, segment: str, tmp_kept: str, tmp_rejects: str, info: dict[str, Any],
-               kept_in_segment: bool = True) -> None:
+    def commit(self, segment: str, tmp: "SegmentFiles", info: dict[str, Any], kept_in_segment: bool = True) -> None:
         """Publish a finished segment: the old marker goes first, the new one last.
 
         The rows on disk are counted first: a segment whose files disagree with the
         counts its workers reported is never marked (kept_in_segment=False for a sink,
         whose kept rows are the shards, checked by the runner)."""
-        kept, rejected = fs.parquet_rows(tmp_kept), fs.parquet_rows(tmp_rejects)
-        if (kept_in_segment and kept != info["kept"]) or rejected != info["rejected"]:
+        kept, rejected, expanded = (fs.parquet_rows(d) for d in (tmp.kept, tmp.rejects, tmp.expanded))
+        if (kept_in_segment and kept != info["kept"]) or rejected != info["rejected"] or \
+                expanded != info.get("expanded", 0):
             raise SegmentMismatch(
-                f"{segment}: not committed: its files hold {kept if kept_in_segment else '-'} kept and {rejected} "
-                f"rejected rows, its workers reported {info['kept']} kept and {info['rejected']} rejected")
+                f"{segment}: not committed: its files hold {kept if kept_in_segment else '-'} kept, {rejected} "
+                f"rejected and {expanded} expanded rows, its workers reported {info['kept']} kept, "
+                f"{info['rejected']} rejected and {info.get('expanded', 0)} expanded")
         fs.delete(fs.join(self.segment_dir(segment), "_SUCCESS"))
-        fs.replace_dir(tmp_rejects, self.rejects_dir(segment))
+        fs.replace_dir(tmp.rejects, self.rejects_dir(segment))
+        fs.replace_dir(tmp.expanded, self.expanded_dir(segment))
+        tmp_kept = tmp.kept
         fs.replace_dir(tmp_kept, self.segment_dir(segment))
         fs.write_bytes(fs.join(self.segment_dir(segment), "_SUCCESS"),
                        json.dumps(info, indent=1, sort_keys=True).encode())
 
-    def rows_on_disk(self, segment: str) -> tuple[int, int]:
-        """(kept, rejected) rows in a committed segment's files."""
-        return fs.parquet_rows(self.segment_dir(segment)), fs.parquet_rows(self.rejects_dir(segment))
+    def rows_on_disk(self, segment: str) -> tuple[int, int, int]:
+        """(kept, rejected, expanded) rows in a committed segment's files."""
+        return (fs.parquet_rows(self.segment_dir(segment)), fs.parquet_rows(self.rejects_dir(segment)),
+                fs.parquet_rows(self.expanded_dir(segment)))
 
     def tmp_dir(self, kind: str, segment: str) -> str:
         import uuid
 
         return fs.join(self.root, f".tmp-{kind}-{segment}-{uuid.uuid4().hex[:8]}")
 
+    def tmp_segment(self, segment: str) -> "SegmentFiles":
+        """Temporary folders for a segment's kept, rejected and expanded rows (made empty)."""
+        files = SegmentFiles(*(self.tmp_dir(k, segment) for k in ("kept", "rejects", "expanded")))
+        for d in files:
+            fs.makedirs(d)
+        return files
+
     def remove_stale(self, keep: list[str]) -> None:
         """Drop segments that are not in the current plan, and leftover temporaries."""
-        for d in self.segment_dirs() + self.reject_dirs():
+        for d in self.segment_dirs() + self.reject_dirs() + self._subdirs(self.expanded):
             if d.rsplit("/", 1)[1] not in keep:
                 fs.delete(d)
         import pyarrow.fs as pafs

@@ -25,11 +25,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
-from . import __version__, fs, ledger
+import schemas
+from schemas import EXPANDED
+
+from . import __version__, fs, ledger, media
 from .job import Job
 from .lock import RunLock
-from .rundir import RunDir
-from .stage import PrepareStep, Stage, code_digest, drop_temporary
+from .rundir import RunDir, SegmentFiles
+from .job import check_chain
+from .stage import Column, PrepareStep, Stage, code_digest, drop_temporary
 from .watchdog import SegmentStalled, Watchdog, progress, stalled, wait
 
 LISTING_ROWS_PER_PART = 256  # small parts = enough blocks to keep every worker busy
@@ -146,32 +150,28 @@ def batch_key(table: pa.Table) -> str:
     return hashlib.sha1("\n".join(ordered.to_pylist()).encode()).hexdigest()[:16]
 
 
-def media_bytes(table: pa.Table) -> int:
-    total = 0
-    for f in table.schema:
-        if pa.types.is_large_binary(f.type) or pa.types.is_binary(f.type):
-            total += pc.sum(pc.binary_length(table.column(f.name))).as_py() or 0
-    return total
-
-
 # -- one stage on one batch, with the ledger's guarantees --------------------
 _WORKER_STAGES: dict[str, Stage] = {}  # stages set up in this worker process
+BORN = "__tmp_born"  # 1 on a child made in this segment (the ledger's balance counts them)
+WRITTEN = "__tmp_media_written"  # media bytes a batch wrote to the store (on one row of it)
 
 
 class StageCall:
     """Applies one row-wise stage to a batch.
 
-    Rows rejected upstream pass through untouched. If the stage raises, the
-    batch is re-run row by row so that only the failing rows are rejected
-    (`error:<ExceptionType>`). If a batch kills its worker, Ray retries the
-    task; a marker left in the crash journal by the dead attempt makes the
-    retry go row by row, and a row whose own marker survives a crash is
-    rejected as `error:WorkerDied` instead of being run a third time.
+    Rows that left the stream upstream pass through untouched. The media columns the
+    stage reads arrive as bytes, and those it adds are stored and become references.
+    A row comes back as itself, or is replaced by children: the parent is then
+    recorded as expanded. If the stage raises, the batch is re-run row by row so that
+    only the failing rows are rejected (`error:<ExceptionType>`). If a batch kills its
+    worker, Ray retries the task; a marker left in the crash journal by the dead
+    attempt makes the retry go row by row, and a row whose own marker survives a crash
+    is rejected as `error:WorkerDied` instead of being run a third time.
     Used as an instance (Ray tasks) or as a class (actor pools).
     """
 
-    def __init__(self, stage: Stage, journal: str, key: str):
-        self.stage, self.journal, self.key = stage, journal, key
+    def __init__(self, stage: Stage, journal: str, key: str, media_root: str):
+        self.stage, self.journal, self.key, self.media_root = stage, journal, key, media_root
 
     def _ready_stage(self) -> Stage:
         stage = _WORKER_STAGES.get(self.key)
@@ -200,14 +200,17 @@ class StageCall:
         fs.delete(marker)
         return out
 
-    @staticmethod
-    def _run(stage: Stage, table: pa.Table) -> pa.Table:
-        out = stage.process(table)
-        if out.num_rows != table.num_rows or \
-                sorted(out.column("sample_id").to_pylist()) != sorted(table.column("sample_id").to_pylist()):
-            raise RuntimeError(f"stage {stage.name} returned other rows than it was given: "
-                               "a row-wise stage must reject rows, not drop, add or duplicate them")
-        return ledger.stamp_stage(ledger.ensure_reject_column(out), stage.name)
+    def _run(self, stage: Stage, table: pa.Table) -> pa.Table:
+        refs = {c: table.column(c) for c in stage.reads()
+                if c in table.column_names and media.is_ref(table.schema.field(c).type)}
+        out = stage.process(media.resolve(table, list(refs)))
+        out = ledger.stamp_stage(ledger.ensure_reject_column(out), stage.name)
+        out = _with_lineage(stage, table, out)
+        added = {c.name for c in stage.adds() if c.kind == "media"}
+        out = _restore_refs(out, table, {c: r for c, r in refs.items() if c not in added})
+        out, written = media.store(out, [*added, *refs], media.Store(self.media_root))
+        before = out.column(WRITTEN).to_pylist() if WRITTEN in out.column_names else [None] * out.num_rows
+        return ledger.set_column(out, WRITTEN, pa.array([(before[0] or 0) + written] + before[1:], pa.int64()))
 
     def _row_by_row(self, stage: Stage, live: pa.Table, marker: str) -> pa.Table:
         outs = []
@@ -231,38 +234,90 @@ class StageCall:
         return pa.concat_tables(outs, promote_options="permissive")
 
 
+def _with_lineage(stage: Stage, given: pa.Table, out: pa.Table) -> pa.Table:
+    """Check what a row stage returned against what it was given, and record parents
+    that became children as expanded. Each given row comes back once as itself, or
+    is the parent of children (new, safe ids carrying its id as parent_id); nothing
+    is dropped, doubled or made up."""
+    ids = given.column("sample_id").to_pylist()
+    known = set(ids)
+    out_ids = out.column("sample_id").to_pylist()
+    parents = out.column("parent_id").to_pylist() if "parent_id" in out.column_names else [None] * len(out_ids)
+    selves: Counter = Counter()
+    children: Counter = Counter()
+    earlier = out.column(BORN).to_pylist() if BORN in out.column_names else [None] * len(out_ids)
+    born = []
+    for sid, parent, was in zip(out_ids, parents, earlier):
+        if sid in known:
+            selves[sid] += 1
+            born.append(was)  # a child of an earlier stage of this segment stays counted once
+        elif parent in known and isinstance(sid, str) and ledger.SAFE_ID.fullmatch(sid):
+            children[parent] += 1
+            born.append(1)
+        else:
+            raise RuntimeError(f"stage {stage.name} returned a row {str(sid)[:60]!r} that is neither one it was "
+                               "given nor a child of one (ledger.child makes children)")
+    twice = [s for s, n in selves.items() if n > 1] + [s for s in selves if s in children]
+    lost = known - set(selves) - set(children)
+    if twice or lost or len(set(out_ids)) != len(out_ids):
+        raise RuntimeError(f"stage {stage.name} returned other rows than it was given ({len(lost)} dropped, "
+                           f"{len(twice)} twice or both kept and expanded): a row stage must return each row "
+                           "once, or children in its place, and reject rows, never drop them")
+    if not children:
+        return out
+    out = ledger.set_column(out, BORN, pa.array(born, pa.int64()))
+    expanded = given.filter(pc.is_in(given.column("sample_id"), value_set=pa.array(list(children), pa.string())))
+    reasons = [ledger.reject(EXPANDED, str(children[s])) for s in expanded.column("sample_id").to_pylist()]
+    expanded = ledger.stamp_stage(ledger.with_rejects(expanded, reasons), stage.name)
+    return pa.concat_tables([out, expanded], promote_options="permissive")
+
+
+def _restore_refs(out: pa.Table, given: pa.Table, refs: dict[str, pa.ChunkedArray]) -> pa.Table:
+    """Media columns a stage read but did not change get their references back (no
+    rewrite); a child that copied its parent's bytes is stored like new bytes."""
+    for name, column in refs.items():
+        if name not in out.column_names:
+            continue
+        by_id = dict(zip(given.column("sample_id").to_pylist(), column.to_pylist()))
+        ids = out.column("sample_id").to_pylist()
+        if all(i in by_id for i in ids):
+            out = ledger.set_column(out, name, pa.array([by_id[i] for i in ids], schemas.MEDIA_REF))
+    return out
+
+
 class SegmentWriter:
-    """Last step of a segment: writes a block's kept rows and its rejects, returns counts.
+    """Last step of a segment: writes a block's kept, rejected and expanded rows, returns counts.
 
     File names come from the block's sample ids, so a retried task rewrites the
-    same files instead of adding new ones, and it removes the file it has nothing
+    same files instead of adding new ones, and it removes the files it has nothing
     for: an earlier attempt that rejected more (or fewer) rows leaves nothing behind.
     """
 
-    def __init__(self, kept_dir: str, rejects_dir: str, thumbnails: dict):
-        self.kept_dir, self.rejects_dir, self.thumbnails = kept_dir, rejects_dir, thumbnails
+    def __init__(self, files: SegmentFiles):
+        self.files = files
 
     def __call__(self, block: pa.Table) -> pa.Table:
         counts: Counter = Counter()
-        kept_n = kept_bytes = 0
+        kept_n = kept_bytes = expanded_n = 0
+        born = int(pc.sum(block.column(BORN)).as_py() or 0) if BORN in block.column_names else 0
+        written = int(pc.sum(block.column(WRITTEN)).as_py() or 0) if WRITTEN in block.column_names else 0
         block = drop_temporary(block)
         if block.num_rows:
             live, dead = ledger.split_live(block)
+            rejected, expanded = ledger.split_expanded(dead)
             name = f"part-{batch_key(block)}.parquet"
-            kept_uri, rejects_uri = fs.join(self.kept_dir, name), fs.join(self.rejects_dir, name)
-            if live.num_rows:
-                live = live.drop_columns(["reject"])
-                fs.write_parquet(kept_uri, live)
-                kept_n, kept_bytes = live.num_rows, media_bytes(live)
-            else:
-                fs.delete(kept_uri)
-            if dead.num_rows:
-                flat = ledger.flatten_rejects(dead, self.thumbnails)
-                fs.write_parquet(rejects_uri, flat)
-                counts = ledger.reason_counts(flat)
-            else:
-                fs.delete(rejects_uri)
-        return pa.table({"kept": [kept_n], "kept_bytes": [kept_bytes], "rejects": [json.dumps(counts)]})
+            outputs = ((self.files.kept, live.drop_columns(["reject"]) if live.num_rows else None),
+                       (self.files.rejects, ledger.flatten_rejects(rejected) if rejected.num_rows else None),
+                       (self.files.expanded, ledger.flatten_expanded(expanded) if expanded.num_rows else None))
+            for folder, table in outputs:
+                if table is None:
+                    fs.delete(fs.join(folder, name))
+                else:
+                    written += fs.write_parquet(fs.join(folder, name), table)
+            kept_n, kept_bytes, expanded_n = live.num_rows, media.sizes(live), expanded.num_rows
+            counts = ledger.reason_counts(outputs[1][1])
+        return pa.table({"kept": [kept_n], "kept_bytes": [kept_bytes], "rejects": [json.dumps(counts)],
+                         "expanded": [expanded_n], "born": [born], "written": [written]})
 
 
 def _parts(segment_dir: str) -> list[str]:
@@ -296,10 +351,12 @@ class RunContext:
     run: RunDir
     segment: str
     upstream_kept: int
-    upstream_bytes: int
+    upstream_bytes: int  # media bytes the upstream rows reference
     tmp_dir: str
     parts: list[str] = field(default_factory=list)  # the upstream segment's parquet parts
     writer: "SegmentWriter | None" = None  # for global stages that write their own output
+    columns: dict[str, Column] = field(default_factory=dict)  # what the job's stages declared they add
+    log: Any = print  # progress lines of the stage's phases
 
 
 class Runner:
@@ -309,7 +366,7 @@ class Runner:
         self.run_dir = RunDir(output)
         self.ray_address = ray_address or job.ray.address
         self.segments = plan(job.stages)
-        self.thumbnails = {col: fn for s in job.stages for col, fn in s.thumbnails.items()}
+        self.columns = job.columns()
         # The engine's own code is part of every segment's fingerprint.
         self.engine = code_digest(__name__)
 
@@ -368,27 +425,29 @@ class Runner:
 
     def _intact(self, seg: Segment, marker: dict[str, Any]) -> bool:
         """Whether a committed segment's files still hold what its marker says."""
-        kept, rejected = self.run_dir.rows_on_disk(seg.name)
+        kept, rejected, expanded = self.run_dir.rows_on_disk(seg.name)
         if seg.kind == "sink":
             kept = fs.parquet_rows(self.run_dir.shards)
-        if (kept, rejected) == (marker.get("kept"), marker.get("rejected")):
+        said = (marker.get("kept"), marker.get("rejected"), marker.get("expanded", 0))
+        if (kept, rejected, expanded) == said:
             return True
-        self.log(f"[mmcurate] {seg.name}: its files hold {kept} kept and {rejected} rejected rows, its marker "
-                 f"says {marker.get('kept')} and {marker.get('rejected')}: redoing it")
+        self.log(f"[mmcurate] {seg.name}: its files hold {kept} kept, {rejected} rejected and {expanded} expanded "
+                 f"rows, its marker says {said[0]}, {said[1]} and {said[2]}: redoing it")
         return False
 
-    def _commit(self, seg: Segment, tmp_kept: str, tmp_rejects: str, info: dict[str, Any]) -> None:
+    def _commit(self, seg: Segment, tmp: SegmentFiles, info: dict[str, Any]) -> None:
         self.lock.check()
-        self.run_dir.commit(seg.name, tmp_kept, tmp_rejects, info, kept_in_segment=seg.kind != "sink")
+        self.run_dir.commit(seg.name, tmp, info, kept_in_segment=seg.kind != "sink")
 
     # -- listing: on the driver, before any I/O -----------------------------
     def _run_listing(self, seg: Segment) -> dict[str, Any]:
         from tqdm import tqdm
 
         rd, stage = self.run_dir, seg.stages[0]
-        tmp_k, tmp_r = rd.tmp_dir("kept", seg.name), rd.tmp_dir("rejects", seg.name)
+        tmp = rd.tmp_segment(seg.name)
         digest = hashlib.sha256()
-        kept = rejected = 0
+        kept = rejected = written = 0
+        schema: set[str] = set()
         counts: Counter = Counter()
         t0 = time.time()
         bar = tqdm(desc=f"{seg.name}", unit=" inputs", file=sys.stderr, disable=None)
@@ -396,19 +455,20 @@ class Runner:
         identify = ledger.InputIds()
 
         def flush(part: int, tables: list[pa.Table]) -> None:
-            nonlocal kept, rejected
+            nonlocal kept, rejected, written
             table = ledger.stamp_stage(identify(ledger.ensure_reject_column(
                 pa.concat_tables(tables, promote_options="permissive"))), stage.name)
+            schema.update(table.column_names)
             sink = pa.BufferOutputStream()
             with pa.ipc.new_stream(sink, table.schema) as w:
                 w.write_table(table)
             digest.update(sink.getvalue().to_pybytes())
             live, dead = ledger.split_live(table)
             if live.num_rows:
-                fs.write_parquet(fs.join(tmp_k, f"part-{part:06d}.parquet"), live.drop_columns(["reject"]))
+                written += fs.write_parquet(fs.join(tmp.kept, f"part-{part:06d}.parquet"), live.drop_columns(["reject"]))
             if dead.num_rows:
-                flat = ledger.flatten_rejects(dead, self.thumbnails)
-                fs.write_parquet(fs.join(tmp_r, f"part-{part:06d}.parquet"), flat)
+                flat = ledger.flatten_rejects(dead)
+                written += fs.write_parquet(fs.join(tmp.rejects, f"part-{part:06d}.parquet"), flat)
                 counts.update(ledger.reason_counts(flat))
             kept += live.num_rows
             rejected += dead.num_rows
@@ -427,20 +487,21 @@ class Runner:
         if n_pending:
             flush(part, pending)
         bar.close()
-        fs.makedirs(tmp_k)
-        fs.makedirs(tmp_r)
+        if stage.open_columns:  # its columns are the input's: check the job against them now
+            self.columns = check_chain(self.job.stages, self.job.source, listed=schema)
         # What was listed decides, not the parameters: a parameter that changes the
         # listing changes its content, and one that does not (quality) must not rerun it.
         fingerprint = _hash(__version__, stage.name, digest.hexdigest())
         marker = rd.marker(seg.name)
         if marker and marker.get("fingerprint") == fingerprint and self._intact(seg, marker):
-            fs.delete(tmp_k)
-            fs.delete(tmp_r)
+            for d in tmp:
+                fs.delete(d)
             self.log(f"[mmcurate] {seg.name}: inputs unchanged ({kept + rejected}), kept as committed")
             return {**marker, "skipped": True}
         info = {"segment": seg.name, "fingerprint": fingerprint, "inputs": kept + rejected, "kept": kept,
-                "kept_bytes": 0, "rejected": rejected, "rejects": dict(counts), "seconds": time.time() - t0}
-        self._commit(seg, tmp_k, tmp_r, info)
+                "kept_bytes": 0, "rejected": rejected, "rejects": dict(counts), "seconds": time.time() - t0,
+                "bytes_written": written}
+        self._commit(seg, tmp, info)
         self.log(f"[mmcurate] {seg.name}: {kept + rejected} inputs listed ({rejected} unreadable)")
         return info
 
@@ -451,14 +512,13 @@ class Runner:
         # The old marker goes first: from here on the segment's files may change (a sink
         # publishes while it runs), and nothing may still vouch for them.
         fs.delete(fs.join(rd.segment_dir(seg.name), "_SUCCESS"))
-        tmp_k, tmp_r = rd.tmp_dir("kept", seg.name), rd.tmp_dir("rejects", seg.name)
-        fs.makedirs(tmp_k)
-        fs.makedirs(tmp_r)
+        tmp = rd.tmp_segment(seg.name)
         self.log(f"[mmcurate] {seg.name}: running on {upstream['kept']} rows")
-        writer = SegmentWriter(tmp_k, tmp_r, self.thumbnails)
-        ctx = RunContext(rd, seg.name, upstream["kept"], upstream.get("kept_bytes", 0), tmp_k,
-                         _parts(upstream["dir"]), writer)
+        writer = SegmentWriter(tmp)
+        ctx = RunContext(rd, seg.name, upstream["kept"], upstream.get("kept_bytes", 0), tmp.kept,
+                         _parts(upstream["dir"]), writer, self.columns, self.log)
         kept, kept_bytes, counts, extra = 0, 0, Counter(), {}
+        expanded = born = written = 0
         if seg.kind == "sink":
             extra = seg.stages[0].write(self._read(ctx.parts) if upstream["kept"] else None, ctx) or {}
             kept = extra.get("samples", upstream["kept"])
@@ -467,6 +527,7 @@ class Runner:
             if kept != upstream["kept"] or on_disk != kept:
                 raise RuntimeError(f"{seg.name}: wrote {kept} samples of {upstream['kept']} "
                                    f"({on_disk} in the shard indexes)")
+            written = extra.pop("bytes", 0)
         elif upstream["kept"]:
             journal = fs.join(rd.journal, seg.name)
             fs.delete(journal)  # markers of an earlier, interrupted attempt are not crashes of this one
@@ -488,14 +549,17 @@ class Runner:
                 kept += row["kept"]
                 kept_bytes += row["kept_bytes"]
                 counts.update(json.loads(row["rejects"]))
+                expanded += row.get("expanded", 0)
+                born += row.get("born", 0)
+                written += row.get("written", 0)
         rejected = sum(counts.values())
-        if seg.kind != "sink" and kept + rejected != upstream["kept"]:
-            raise RuntimeError(f"{seg.name}: ledger out of balance: {upstream['kept']} rows in, "
-                               f"{kept} kept + {rejected} rejected out")
+        if seg.kind != "sink" and kept + rejected + expanded != upstream["kept"] + born:
+            raise RuntimeError(f"{seg.name}: ledger out of balance: {upstream['kept']} rows in and {born} children "
+                               f"made, {kept} kept + {rejected} rejected + {expanded} expanded out")
         info = {"segment": seg.name, "fingerprint": fingerprint, "inputs": upstream["kept"], "kept": kept,
-                "kept_bytes": kept_bytes, "rejected": rejected, "rejects": dict(counts),
-                "seconds": time.time() - t0, **extra}
-        self._commit(seg, tmp_k, tmp_r, info)
+                "kept_bytes": kept_bytes, "rejected": rejected, "rejects": dict(counts), "expanded": expanded,
+                "derived": born, "bytes_written": written, "seconds": time.time() - t0, **extra}
+        self._commit(seg, tmp, info)
         self.log(f"[mmcurate] {seg.name}: committed: {kept} kept, {rejected} rejected "
                  f"in {info['seconds']:.1f}s")
         return info
@@ -512,7 +576,7 @@ class Runner:
         import ray
         from tqdm import tqdm
 
-        calls = [StageCall(s, journal, s.fingerprint()) for s in seg.stages]
+        calls = [StageCall(s, journal, s.fingerprint(), self.run_dir.media) for s in seg.stages]
         task = ray.remote(_run_part).options(num_cpus=max(s.resources.num_cpus for s in seg.stages),
                                              max_retries=TASK_MAX_RETRIES)
         pending = [task.remote(part, calls, writer) for part in ctx.parts]
@@ -539,8 +603,7 @@ class Runner:
         items = ray.data.from_items([{"part": p} for p in parts], override_num_blocks=max(1, len(parts)))
         return items.map_batches(_read_parts, batch_size=1, batch_format="pyarrow", num_cpus=IO_CPUS)
 
-    @staticmethod
-    def _map_stage(ds, stage: Stage, journal: str):
+    def _map_stage(self, ds, stage: Stage, journal: str):
         res = stage.resources
         opts: dict[str, Any] = {"batch_size": res.batch_size, "batch_format": "pyarrow",
                                 "num_cpus": res.num_cpus}
@@ -552,15 +615,17 @@ class Runner:
 
             if stage.has_prepare:  # CPU tasks feed the pool
                 prep = PrepareStep(stage)
-                ds = ds.map_batches(StageCall(prep, journal, prep.fingerprint()), batch_size=res.batch_size,
+                ds = ds.map_batches(StageCall(prep, journal, prep.fingerprint(), self.run_dir.media),
+                                    batch_size=res.batch_size,
                                     batch_format="pyarrow", num_cpus=res.num_cpus)
 
             # One block in flight per actor, so that an actor that started first does not
             # queue up the blocks meant for the others (batches within a block are
             # still prefetched while the model runs).
             pool = ray.data.ActorPoolStrategy(size=res.concurrency or 1, max_tasks_in_flight_per_actor=1)
-            return ds.map_batches(StageCall, fn_constructor_args=(stage, journal, key), compute=pool, **opts)
-        return ds.map_batches(StageCall(stage, journal, key), **opts)
+            return ds.map_batches(StageCall, fn_constructor_args=(stage, journal, key, self.run_dir.media),
+                                  compute=pool, **opts)
+        return ds.map_batches(StageCall(stage, journal, key, self.run_dir.media), **opts)
 
     # -- the summary -----------------------------------------------------------
     def _summary(self, results: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
@@ -572,8 +637,9 @@ class Runner:
                 stage, reason = key.split("\t")
                 by_reason.setdefault(stage, {})[reason] = n
             rows.append({"segment": seg.name, "in": info["inputs"], "kept": info["kept"],
-                         "rejected": by_reason, "seconds": round(info.get("seconds", 0.0), 2),
-                         "skipped": bool(info.get("skipped"))})
+                         "rejected": by_reason, "expanded": info.get("expanded", 0), "derived": info.get("derived", 0),
+                         "bytes_written": info.get("bytes_written", 0),
+                         "seconds": round(info.get("seconds", 0.0), 2), "skipped": bool(info.get("skipped"))})
         final = results[-1]
         return {"job": self.job.name, "output": self.run_dir.root, "inputs": inputs, "kept": final["kept"],
                 "rejected": sum(r["rejected"] for r in results), "seconds": round(seconds, 2),

@@ -21,17 +21,24 @@ from .watchdog import gather
 Keys = Callable[[pa.Table], np.ndarray]  # table -> (rows, digits) uint16; rows without a key: leave them out
 
 
-def _histogram(part, keys: Keys, prefix: tuple[int, ...]) -> np.ndarray:
-    table = fs.read_parquet(part) if isinstance(part, str) else part
+def _histogram(part, keys: Keys, prefix: tuple[int, ...], columns: list[str] | None) -> np.ndarray:
+    if isinstance(part, str):
+        import pyarrow.parquet as pq
+
+        filesystem, path = fs.resolve(part)
+        table = pq.read_table(path, filesystem=filesystem, columns=columns)
+    else:
+        table = part
     k = keys(table)
     match = np.all(k[:, : len(prefix)] == np.array(prefix, dtype=np.uint16), axis=1) if prefix else \
         np.ones(len(k), bool)
     return np.bincount(k[match, len(prefix)], minlength=1 << 16)
 
 
-def kth_smallest(parts: list, keys: Keys, k: int, digits: int) -> tuple[int, ...] | None:
+def kth_smallest(parts: list, keys: Keys, k: int, digits: int,
+                 columns: list[str] | None = None) -> tuple[int, ...] | None:
     """The k-th smallest key (1-based) among all rows of all parts; None when k < 1.
-    Rows whose key is <= it are exactly the k smallest."""
+    Rows whose key is <= it are exactly the k smallest. columns: all that keys() reads."""
     import ray
 
     if k < 1:
@@ -40,7 +47,7 @@ def kth_smallest(parts: list, keys: Keys, k: int, digits: int) -> tuple[int, ...
     prefix: tuple[int, ...] = ()
     remaining = k
     for _ in range(digits):
-        counts = np.sum(gather([task.remote(p, keys, prefix) for p in parts]), axis=0)
+        counts = np.sum(gather([task.remote(p, keys, prefix, columns) for p in parts]), axis=0)
         if remaining > counts.sum():
             raise ValueError(f"asked for the {k}th smallest of fewer rows")
         cumulative = np.cumsum(counts)

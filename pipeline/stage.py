@@ -12,12 +12,17 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
-from typing import Any, ClassVar, Iterator, Literal
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterator, Literal
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 ENTRY_POINT_GROUP = "mmcurate.stages"
+
+
+class SourceError(ValueError):
+    """A source that cannot be used at all (wrong columns, nothing there): a user error."""
 
 
 class Params(BaseModel):
@@ -47,24 +52,49 @@ class Resources(BaseModel):
     batch_size: int = Field(64, ge=1, description="rows per call of process()")
 
 
+@dataclass(frozen=True)
+class Column:
+    """A column a stage adds, and what it is. The job check, the shard writer and the
+    report work from these declarations, so that the engine names no modality.
+
+    kind "media":     bytes the stage makes; stored once, carried as a reference; a
+                      member `<key>.<format>` in the shards (format: an extension such
+                      as "flac", or "@column": per row, the value of that column)
+    kind "text":      a string written as a member `<key>.<format>` ("txt")
+    kind "embedding": a vector written as a member `<key>.<name>.npy`
+    kind "metric":    a number worth a histogram in the report (`label`, with its unit)
+    kind "value":     anything else; it goes into the sample's `.json`
+    """
+
+    name: str
+    kind: Literal["media", "text", "embedding", "metric", "value"] = "value"
+    format: str = ""
+    label: str = ""
+    preview: Callable[[bytes], bytes | None] | None = None  # media: a small picture of it, for the report
+
+
 class Stage:
     """Base class. Subclasses set `name`, `Params`, `kind` and implement one method.
 
-    kind "row":    process(batch) -> batch (row-wise; streams within a segment)
+    kind "row":    process(batch) -> rows (streams within a segment): each input row
+                   comes back (kept, changed, or with a `reject`), or is replaced by
+                   children rows (`ledger.children`) that carry its id as `parent_id`
     kind "global": run_global(dataset, ctx) -> dataset to write, or the counts of what it
                    wrote through ctx.writer (sees the whole dataset)
     kind "sink":   write(dataset, ctx) -> dict (ends the job, e.g. shards)
     A source stage (the first of a job) also implements list_inputs(), which
     yields the input rows with their identity assigned before any I/O.
+
+    A stage declares the columns it reads (`reads`) and adds (`adds`); a job is
+    checked against them before it runs, and media columns it reads arrive as bytes.
     """
 
     name: ClassVar[str]
     kind: ClassVar[Literal["row", "global", "sink"]] = "row"
     Params: ClassVar[type[Params]] = Params
     resources: ClassVar[Resources] = Resources()
-    # Bulky media columns: column -> function(bytes) -> small thumbnail bytes or None.
-    # The runner uses them so that rejects stay small.
-    thumbnails: ClassVar[dict[str, Any]] = {}
+    # A source whose columns are those of its input (a table): known after listing only.
+    open_columns: ClassVar[bool] = False
 
     def __init__(self, params: Params | dict | None = None, **overrides: Any):
         if isinstance(params, Params):
@@ -74,6 +104,20 @@ class Stage:
         if getattr(self.params, "num_cpus", None) is not None:
             self.resources.num_cpus = self.params.num_cpus
         self._ready = False
+
+    # -- declarations ----------------------------------------------------
+    def reads(self) -> list[str]:
+        """Columns this stage reads (a job is refused when no earlier stage adds one)."""
+        return []
+
+    def adds(self) -> list[Column]:
+        """Columns this stage adds or rewrites, with what they are."""
+        return []
+
+    def report_sections(self, run_root: str, kept) -> list[dict[str, Any]]:
+        """Extra sections for `mmcurate report`: [{"title", "html"}] (kept: a table of
+        the last rows the run kept, with `meta` and the metric columns)."""
+        return []
 
     # -- lifecycle -------------------------------------------------------
     def setup(self) -> None:
@@ -144,6 +188,9 @@ class PrepareStep(Stage):
 
     def process(self, batch: pa.Table) -> pa.Table:
         return self.stage.prepare(batch)
+
+    def reads(self) -> list[str]:
+        return self.stage.reads()
 
     def fingerprint(self) -> str:
         return self.stage.fingerprint() + ".prepare"

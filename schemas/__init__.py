@@ -1,12 +1,15 @@
-"""Arrow schemas of the records mmcurate moves around (versioned).
+"""Arrow schemas the engine knows (versioned): identity, lineage, rejects, media references.
 
-Every row carries the identity columns; each modality adds its own; a row
-that a stage rejects carries a `reject` struct until the runner splits it out
-into the flat rejects table.
+Every row carries the identity columns; a child row (a clip of a video, a file of a
+repository) also carries `parent_id`. A row that a stage rejects, or expands into
+children, carries a `reject` struct until the runner splits it out. A media column
+holds a reference (MEDIA_REF) to bytes in the run's media store or in a source file,
+never the bytes. Each modality's own columns live in a module of its own
+(schemas.image_text, ...), so that a stage's fingerprint follows only the schemas it uses.
 """
 import pyarrow as pa
 
-VERSION = 1
+VERSION = 2
 
 # Identity columns every row carries (DESIGN.md, "Data flow").
 IDENTITY = pa.schema(
@@ -18,8 +21,10 @@ IDENTITY = pa.schema(
         pa.field("meta", pa.string()),
     ]
 )
+PARENT = pa.field("parent_id", pa.string())  # set on children: the sample they were cut from
 
-# A rejected row travels in the stream with this struct set (null = kept).
+# A row that leaves the stream carries this struct (null = it goes on): rejected with a
+# reason, or expanded into children (reason EXPANDED, detail = how many).
 REJECT = pa.struct(
     [
         pa.field("stage", pa.string()),
@@ -29,6 +34,7 @@ REJECT = pa.struct(
         pa.field("cluster_id", pa.string()),
     ]
 )
+EXPANDED = "expanded"
 
 # The rejects table is flat: these columns beside every input column.
 REJECT_COLUMNS = pa.schema(
@@ -40,32 +46,9 @@ REJECT_COLUMNS = pa.schema(
         pa.field("cluster_id", pa.string()),
     ]
 )
+# The expanded table: every input column beside these.
+EXPANDED_COLUMNS = pa.schema([pa.field("expand_stage", pa.string()), pa.field("children", pa.int64())])
 
-# Columns an image-text sample has after ingest.
-IMAGE_TEXT = pa.schema(
-    [
-        *IDENTITY,
-        pa.field("content_sha256", pa.string()),
-        pa.field("caption", pa.string()),
-        pa.field("image", pa.large_binary()),
-        pa.field("image_format", pa.string()),
-        pa.field("width", pa.int32()),
-        pa.field("height", pa.int32()),
-        pa.field("image_bytes", pa.int64()),
-        pa.field("original_width", pa.int32()),
-        pa.field("original_height", pa.int32()),
-        pa.field("original_bytes", pa.int64()),
-        pa.field("original_format", pa.string()),
-    ]
-)
-
-# How a row becomes WebDataset members (DESIGN.md, "Conventions"): a media
-# column and the column naming its extension (or a fixed extension).
-SHARD_MEMBERS = {
-    "image": ("image_format", None),
-    "caption": (None, "txt"),
-    "audio": (None, "flac"),
-    "video": (None, "mp4"),
-}
-# Columns ending in this suffix are embeddings: one `<key>.<column>.npy` each.
-EMBEDDING_SUFFIX = "_emb"
+# Where a sample's media bytes are: a whole file (offset 0, size = its size) or a range of
+# one (a member of a tar, a span of a recording), local or s3://.
+MEDIA_REF = pa.struct([pa.field("uri", pa.string()), pa.field("offset", pa.int64()), pa.field("size", pa.int64())])

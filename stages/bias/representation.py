@@ -37,7 +37,7 @@ from pydantic import Field
 from pipeline import fs, ledger
 from pipeline.select import at_most, id_digits, kth_smallest
 from pipeline.shuffle import map_tables
-from pipeline.stage import Params, Resources, Stage
+from pipeline.stage import Column, Params, Resources, Stage
 from pipeline.watchdog import gather
 
 DEFAULT_LEXICON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lexicon.yaml")
@@ -66,14 +66,17 @@ def mentions(text: str | None, lex: dict[str, dict[str, re.Pattern]]) -> list[st
 
 
 class AuditRepresentationParams(Params):
-    column: str = Field("caption", description="text column to read")
+    text_column: str = Field("caption", description="text column to read")
     lexicon: str = Field(DEFAULT_LEXICON, description="YAML lexicon: category -> group -> terms")
 
 
 def _part_counts(part: str, column: str, path: str) -> dict[str, int]:
     lex = lexicon(path)
     counts: dict[str, int] = {}
-    for text in fs.read_parquet(part).column(column).to_pylist():
+    import pyarrow.parquet as pq
+
+    filesystem, path_in = fs.resolve(part)
+    for text in pq.read_table(path_in, filesystem=filesystem, columns=[column]).column(column).to_pylist():
         for m in mentions(text, lex):
             counts[m] = counts.get(m, 0) + 1
     return counts
@@ -105,19 +108,47 @@ class AuditRepresentation(Stage):
     Params = AuditRepresentationParams
     resources = Resources(num_cpus=1)
 
-    def run_global(self, ds, ctx) -> list[dict[str, Any]]:
+    def reads(self) -> list[str]:
+        return [self.params.text_column]
 
+    def adds(self) -> list[Column]:
+        return [Column("mentions")]
+
+    def report_sections(self, run_root: str, kept) -> list[dict[str, Any]]:
+        """The representation table this stage wrote, for `mmcurate report`."""
+        import html
+
+        out = []
+        folder = fs.join(run_root, "representation")
+        for info in fs.list_files(folder):
+            if not info.path.endswith(".json"):
+                continue
+            segment = info.path.rsplit("/", 1)[1][:-5]
+            rep = json.loads(fs.read_bytes(fs.join(folder, segment + ".json")))
+            rows = []
+            for category, found in rep.get("categories", {}).items():
+                counts = ", ".join(f"{g} {n}" for g, n in found["counts"].items())
+                ratio = found["imbalance_ratio"]
+                ratio = "n/a" if ratio is None else ratio if isinstance(ratio, str) else f"{ratio:.2f}"
+                rows.append(f"<tr><td>{html.escape(category)}</td><td>{html.escape(counts)}</td>"
+                            f"<td class='n'>{html.escape(str(ratio))}</td></tr>")
+            out.append({"title": f"Representation ({segment}, {rep.get('captions')} captions)", "data": rep,
+                        "html": "<table><tr><th>category</th><th>counts per group</th><th>imbalance (largest / "
+                                "smallest)</th></tr>" + "".join(rows) + "</table>"})
+        return out
+
+    def run_global(self, ds, ctx) -> list[dict[str, Any]]:
         p = self.params
         lex = lexicon(p.lexicon)
-        counts = _add_up(ctx.parts, _part_counts, p.column, p.lexicon)
+        counts = _add_up(ctx.parts, _part_counts, p.text_column, p.lexicon)
         table = representation_table(counts, lex, ctx.upstream_kept)
         text = json.dumps(table, indent=1, default=str).replace("Infinity", '"inf"')
         fs.write_bytes(fs.join(ctx.run.root, "representation", f"{ctx.segment}.json"), text.encode())
         for category, info in table["categories"].items():
             ratio = info["imbalance_ratio"]
-            print(f"[mmcurate] {self.name}: {category}: " + ", ".join(f"{g} {n}" for g, n in info["counts"].items())
+            ctx.log(f"[mmcurate] {self.name}: {category}: " + ", ".join(f"{g} {n}" for g, n in info["counts"].items())
                   + f"; imbalance {'n/a' if ratio is None else f'{ratio:.2f}'}")
-        writer, column, path = ctx.writer, p.column, p.lexicon
+        writer, column, path = ctx.writer, p.text_column, p.lexicon
 
         def annotate(t: pa.Table) -> pa.Table:
             lx = lexicon(path)
@@ -132,7 +163,7 @@ class RebalanceParams(Params):
     max_ratio: float = Field(1.5, ge=1, description="largest group at most this many times the smallest")
     mode: Literal["downsample", "weight"] = Field("downsample", description="remove rows, or write "
                                                                             "meta.sample_weight")
-    column: str = Field("caption", description="text column to read")
+    text_column: str = Field("caption", description="text column to read")
     lexicon: str = Field(DEFAULT_LEXICON, description="YAML lexicon: category -> group -> terms")
 
 
@@ -148,7 +179,11 @@ def _group_of(texts: list, lex: dict, category: str) -> list[str | None]:
 
 def _group_counts(part: str, column: str, path: str, category: str) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for g in _group_of(fs.read_parquet(part).column(column).to_pylist(), lexicon(path), category):
+    import pyarrow.parquet as pq
+
+    filesystem, path_in = fs.resolve(part)
+    texts = pq.read_table(path_in, filesystem=filesystem, columns=[column]).column(column).to_pylist()
+    for g in _group_of(texts, lexicon(path), category):
         if g is not None:
             counts[g] = counts.get(g, 0) + 1
     return counts
@@ -160,8 +195,11 @@ class Rebalance(Stage):
     Params = RebalanceParams
     resources = Resources(num_cpus=1)
 
+    def reads(self) -> list[str]:
+        return [self.params.text_column]
+
     def groups(self, table: pa.Table) -> list[str | None]:
-        return _group_of(table.column(self.params.column).to_pylist(), lexicon(self.params.lexicon),
+        return _group_of(table.column(self.params.text_column).to_pylist(), lexicon(self.params.lexicon),
                          self.params.category)
 
     def run_global(self, ds, ctx) -> list[dict[str, Any]]:
@@ -170,20 +208,21 @@ class Rebalance(Stage):
         if p.category not in lexicon(p.lexicon):
             raise ValueError(f"rebalance: no category {p.category!r} in {p.lexicon} "
                              f"(it has {', '.join(lexicon(p.lexicon))})")
-        counts = _add_up(ctx.parts, _group_counts, p.column, p.lexicon, p.category)
+        counts = _add_up(ctx.parts, _group_counts, p.text_column, p.lexicon, p.category)
         stage, writer = self, ctx.writer
         if p.mode == "weight":
             total = sum(counts.values())
             weights = {g: total / (len(counts) * n) for g, n in counts.items()}
-            print(f"[mmcurate] {self.name}: {p.category} weights " +
+            ctx.log(f"[mmcurate] {self.name}: {p.category} weights " +
                   ", ".join(f"{g} {w:.3f} ({counts[g]} rows)" for g, w in sorted(weights.items())))
             return [t.to_pylist()[0] for t in gather(map_tables(ctx.parts, lambda t: writer(stage.weigh(t, weights))))]
         quota = math.floor(p.max_ratio * min(counts.values())) if counts else 0
         cutoffs = {}
         for group, n in counts.items():
             if n > quota:  # keep the `quota` rows of this group with the smallest id hashes
-                cutoffs[group] = kth_smallest(ctx.parts, lambda t, g=group: stage.keys(t, g), quota, digits=4)
-        print(f"[mmcurate] {self.name}: {p.category} " + ", ".join(f"{g} {n}" for g, n in sorted(counts.items()))
+                cutoffs[group] = kth_smallest(ctx.parts, lambda t, g=group: stage.keys(t, g), quota, digits=4,
+                                              columns=["sample_id", p.text_column])
+        ctx.log(f"[mmcurate] {self.name}: {p.category} " + ", ".join(f"{g} {n}" for g, n in sorted(counts.items()))
               + f"; each group kept to at most {quota} (max_ratio {p.max_ratio})")
         return [t.to_pylist()[0] for t in gather(map_tables(ctx.parts,
                                                              lambda t: writer(stage.cut(t, cutoffs, quota))))]

@@ -1,28 +1,37 @@
-"""Stage `dedup_exact`: one sample kept per identical content, caption, or both.
+"""Stage `dedup_exact`: one sample kept per identical content, text, or both.
 
-Rows are hash-partitioned by their key on Ray tasks (pipeline.shuffle), so that
-all copies of a key meet in one task and no process holds the whole dataset.
-In each group the keep rule picks one; the others are rejected as `duplicate`
-with `duplicate_of` (the kept sample) and `cluster_id`; the kept sample carries
-the same `cluster_id`.
+Only the columns the decision needs (ids, the key's columns, the keep rule's) are
+hash-partitioned by key on Ray tasks (pipeline.shuffle), so that all copies of a
+key meet in one task and no process holds the whole dataset; the decisions then go
+back to the parts they came from. In each group the keep rule picks one; the others
+are rejected as `duplicate` with `duplicate_of` (the kept sample) and `cluster_id`;
+the kept sample carries the same `cluster_id`. The survivors' keys are kept under
+`<output>/index/dedup_exact/`; a later run given that index (`against`) removes
+copies of them.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 import unicodedata
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
-from pydantic import AfterValidator, Field
+import pyarrow.compute as pc
+from pydantic import Field
 
-from pipeline import ledger
-from pipeline.shuffle import hash_partition, partition_of
-from pipeline.stage import Params, Resources, Stage
+from pipeline import fs, ledger
+from pipeline.shuffle import PART, apply_by_part, hash_partition, partition_of
+from pipeline.stage import Resources, Stage
+
+from .keep import DedupParams, labels, rank_columns
 
 _SPACES = re.compile(r"\s+")
 ROWS_PER_PARTITION = 200_000  # a partition is one task's memory: about this many rows
+EARLIER = "!"  # the label prefix of an index's samples: it sorts before every new one
 
 
 def text_key(text: str | None) -> str | None:
@@ -33,22 +42,11 @@ def text_key(text: str | None) -> str | None:
     return hashlib.sha256(norm.encode()).hexdigest()
 
 
-def _keep_rule(v: str) -> str:
-    if v not in ("first", "largest") and not (v.startswith("max:") and len(v) > 4):
-        raise ValueError("keep must be 'first', 'largest' or 'max:<column>'")
-    return v
-
-
-KeepRule = Annotated[str, AfterValidator(_keep_rule)]  # which copy survives; every dedup stage takes it
-
-
-class DedupExactParams(Params):
+class DedupExactParams(DedupParams):
     key: Literal["content", "text", "both"] = Field(
-        "content", description="content = content_sha256 of the original bytes; text = normalised `field`; "
+        "content", description="content = content_sha256 of the original bytes; text = normalised `text_column`; "
                                "both = a duplicate only when both match")
-    field: str = Field("caption", description="text column for key=text or both")
-    keep: KeepRule = Field("first", description="which copy survives: first (lowest ordinal), largest "
-                                                "(original_bytes, else text length), or max:<column>")
+    text_column: str = Field("caption", description="text column for key=text or both")
 
 
 class DedupExact(Stage):
@@ -57,32 +55,94 @@ class DedupExact(Stage):
     Params = DedupExactParams
     resources = Resources(num_cpus=1)
 
+    def reads(self) -> list[str]:
+        p = self.params
+        key = {"content": ["content_sha256"], "text": [p.text_column]}.get(p.key, ["content_sha256", p.text_column])
+        return key + ([p.keep[4:]] if p.keep.startswith("max:") else [])
+
+    def adds(self):
+        from pipeline.stage import Column
+
+        return [Column("cluster_id")]
+
+    def external_inputs(self) -> list[str]:
+        return list(self.params.against)
+
     def keys(self, table: pa.Table) -> list[str | None]:
         p = self.params
+        if "_key" in table.column_names:  # an index's rows carry their key
+            return table.column("_key").to_pylist()
         content = table.column("content_sha256").to_pylist() if p.key in ("content", "both") else None
-        text = [text_key(t) for t in table.column(p.field).to_pylist()] if p.key in ("text", "both") else None
+        text = [text_key(t) for t in table.column(p.text_column).to_pylist()] if p.key in ("text", "both") else None
         if p.key == "content":
             return content
         if p.key == "text":
             return text
         return [None if c is None or t is None else f"{c}:{t}" for c, t in zip(content, text)]
 
+    def size_of(self, table: pa.Table) -> list:
+        if "original_bytes" in table.column_names:
+            return table.column("original_bytes").to_pylist()
+        return [len(t or "") for t in table.column(self.params.text_column).to_pylist()]
+
+    def _index_parts(self) -> list[str]:
+        parts = []
+        for index in self.params.against:
+            try:
+                made = json.loads(fs.read_bytes(fs.join(index, "index.json")))
+            except FileNotFoundError:
+                raise ValueError(f"{index}: no index.json: not a {self.name} index") from None
+            if made.get("stage") != self.name or made.get("key") != self.params.key:
+                raise ValueError(f"{index} was built by {made.get('stage')} with key={made.get('key')}; this stage "
+                                 f"has key={self.params.key}: they must match")
+            parts += [fs.join(index, i.path.rsplit("/", 1)[1]) for i in fs.list_files(index)
+                      if i.path.endswith(".parquet")]
+        return parts
+
     def run_global(self, ds, ctx) -> list[dict[str, Any]]:
-        n = max(1, math.ceil(ctx.upstream_kept / ROWS_PER_PARTITION), math.ceil(ctx.upstream_bytes / (256 << 20)))
+        p = self.params
+        n = max(1, math.ceil(ctx.upstream_kept / ROWS_PER_PARTITION))
+        index_parts = self._index_parts()
+        index_tmp = ctx.run.tmp_dir("index", self.name) if p.write_index else None
+        columns = list(dict.fromkeys([*rank_columns(p.keep, ["original_bytes", p.text_column]), *self.reads()]))
+        ctx.log(f"[mmcurate] {self.name}: key={p.key}; shuffling {columns}"
+                + (f"; against {len(index_parts)} index parts" if index_parts else ""))
         stage = self
 
-        def assign(table: pa.Table):
+        def assign(table: pa.Table) -> np.ndarray:
             return partition_of(pa.array(stage.keys(table), pa.string()), n)
 
-        def reduce(_: int, table: pa.Table) -> dict[str, Any]:
-            return ctx.writer(stage.mark(table)).to_pylist()[0]
+        def decide(part: int, table: pa.Table) -> pa.Table:
+            table = stage.mark(table)
+            if index_tmp:  # the survivors' keys, for later runs to be checked against
+                survivors = table.filter(pc.and_(pc.is_null(table.column("reject")), pc.is_valid(table.column(PART))))
+                keys = [k for k in stage.keys(survivors)]
+                found = pa.table({"_key": pa.array(keys, pa.string()), "sample_id": survivors.column("sample_id")})
+                found = found.filter(pc.is_valid(found.column("_key")))
+                if found.num_rows:
+                    fs.write_parquet(fs.join(index_tmp, f"part-{part:06d}.parquet"), found)
+            new = table.filter(pc.is_valid(table.column(PART)))  # the index's own rows decide nothing here
+            return new.select(["sample_id", PART, "reject", "cluster_id"])
 
-        return hash_partition(ctx.parts, n, assign, reduce)
+        decided = hash_partition(list(ctx.parts) + index_parts, n, assign, decide, fetch=False,
+                                 columns=columns + ["_key"], tag_first=len(ctx.parts))
+        stats = apply_by_part(ctx.parts, decided, ctx.writer)
+        if index_tmp:
+            fs.makedirs(index_tmp)
+            fs.write_bytes(fs.join(index_tmp, "index.json"), json.dumps({"stage": self.name, "key": p.key}).encode())
+            fs.replace_dir(index_tmp, fs.join(ctx.run.root, "index", self.name))
+        return stats
 
     def mark(self, table: pa.Table) -> pa.Table:
-        """Reject every copy but the keeper of each key; give clusters their cluster_id."""
+        """Reject every copy but the keeper of each key; give clusters their cluster_id.
+        Rows of an earlier run's index (no PART) always keep: their copies go."""
         keys = self.keys(table)
-        rank = self._rank(table)
+        earlier = [False] * table.num_rows if PART not in table.column_names else \
+            pc.is_null(table.column(PART)).to_pylist()
+        ids = table.column("sample_id").to_pylist()
+        new = [i for i, e in enumerate(earlier) if not e]
+        new_labels = iter(labels(table.take(new), self.params.keep, self.size_of) if new else [])
+        rank = [f"{EARLIER}|{sid}" if e else next(new_labels) for e, sid in zip(earlier, ids)]
         keeper: dict[str, int] = {}
         size: dict[str, int] = {}
         for i, k in enumerate(keys):
@@ -91,35 +151,18 @@ class DedupExact(Stage):
             size[k] = size.get(k, 0) + 1
             if k not in keeper or rank[i] < rank[keeper[k]]:
                 keeper[k] = i
-        ids = table.column("sample_id").to_pylist()
         rejects, clusters = [], []
         for i, k in enumerate(keys):
             in_cluster = k is not None and size[k] > 1
             cluster = f"x{k[:16]}" if in_cluster else None
             clusters.append(cluster)
             if in_cluster and keeper[k] != i:
-                rejects.append(ledger.reject("duplicate", f"same {self.params.key} as {ids[keeper[k]]}",
-                                             duplicate_of=ids[keeper[k]], cluster_id=cluster))
+                first = keeper[k]
+                reason = self.params.against_reason if earlier[first] else "duplicate"
+                where = " in an earlier index" if earlier[first] else ""
+                rejects.append(ledger.reject(reason, f"same {self.params.key} as {ids[first]}{where}",
+                                             duplicate_of=ids[first], cluster_id=cluster))
             else:
                 rejects.append(None)
         table = ledger.set_column(table, "cluster_id", pa.array(clusters, pa.string()))
         return ledger.stamp_stage(ledger.with_rejects(table, rejects), self.name)
-
-    def _rank(self, table: pa.Table) -> list[tuple]:
-        """Sort key per row: the smallest survives; ordinal breaks ties (first in source order)."""
-        rule = self.params.keep
-        ordinal = table.column("ordinal").to_pylist()
-        if rule == "first":
-            return [(o,) for o in ordinal]
-        if rule == "largest":
-            if "original_bytes" in table.column_names:
-                sizes = table.column("original_bytes").to_pylist()
-            else:
-                sizes = [len(t or "") for t in table.column(self.params.field).to_pylist()]
-            return [(-(s or 0), o) for s, o in zip(sizes, ordinal)]
-        column = rule[4:]
-        if column not in table.column_names:
-            raise ValueError(f"keep={rule!r}: there is no column {column!r}")
-        values = table.column(column).to_pylist()
-        # None ranks last; larger values first.
-        return [((v is None), -(v or 0), o) for v, o in zip(values, ordinal)]

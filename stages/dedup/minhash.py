@@ -27,7 +27,8 @@ from pydantic import Field
 
 from pipeline.shuffle import hash_partition, map_tables
 
-from .near import NearDuplicates, NearDupParams, by_column, verify_pairs
+from .keep import DedupParams
+from .near import NearDuplicates, by_column, verify_pairs
 
 Tokenizer = Literal["word", "code", "char"]
 _WORD = re.compile(r"\w+")  # maximal runs of Unicode word characters
@@ -293,8 +294,8 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
 ANCHORS = 10
 
 
-class DedupMinhashParams(NearDupParams):
-    field: str = Field("text", description="text column to compare")
+class DedupMinhashParams(DedupParams):
+    text_column: str = Field("text", description="text column to compare")
     threshold: float = Field(0.8, gt=0, lt=1, description="Jaccard at or above which two texts are near-duplicates "
                                                           "(0.8: ANCHORS side-by-side; The Stack v1 used 0.85)")
     num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations")
@@ -340,8 +341,15 @@ class DedupMinhash(NearDuplicates):
         return {"num_perm": p.num_perm, "seed": p.seed, "bits": p.bits, "tokenizer": p.tokenizer, "ngram": p.ngram,
                 "bands": bands, "rows": rows}
 
+    def payload_columns(self) -> list[str]:
+        return [self.params.text_column]
+
+    @property
+    def size_columns(self) -> list[str]:
+        return [self.params.text_column]
+
     def size_of(self, table: pa.Table) -> list[int]:
-        return [len(t or "") for t in table.column(self.params.field).to_pylist()]
+        return [len(t or "") for t in table.column(self.params.text_column).to_pylist()]
 
     def rows_per_sample(self) -> int:
         return self.banding()[0]
@@ -350,7 +358,7 @@ class DedupMinhash(NearDuplicates):
         """Per non-empty document: its label, band hashes and shingle hashes (what the index keeps)."""
         p = self.params
         bands, rows = self.banding()
-        texts = [t or "" for t in table.column(p.field).to_pylist()]
+        texts = [t or "" for t in table.column(p.text_column).to_pylist()]
         bh = band_hashes(signatures(texts, p.num_perm, p.seed, p.tokenizer, p.ngram, p.bits), bands, rows)
         shingle_sets = [shingle_hashes(t, p.tokenizer, p.ngram, p.bits) for t in texts]
         labels = self.labels_of(table)

@@ -20,51 +20,25 @@ from __future__ import annotations
 
 import json
 import math
-import struct
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import Field, field_validator
 
 from pipeline import fs, ledger
-from pipeline.shuffle import hash_partition, map_tables, partition_of
+from pipeline.shuffle import PART, apply_by_part, hash_partition, map_tables, partition_of
 from pipeline.watchdog import gather
-from pipeline.stage import Params, Resources, Stage
+from pipeline.stage import Resources, Stage
 
-from .exact import KeepRule
+from .keep import labels, rank_columns
 
 ROWS_PER_PARTITION = 200_000  # rows of the widest shuffle that one task holds, about
 
 
-class NearDupParams(Params):
-    keep: KeepRule = Field("first", description="which member of a cluster survives: first (lowest ordinal), largest "
-                                          "(longest text / biggest image) or max:<column>")
-    against: list[str] = Field(default_factory=list, description="indexes of earlier runs (<run>/index/<stage>): "
-                                                                  "samples that near-duplicate them are removed")
-    against_reason: Literal["duplicate", "contaminated"] = Field(
-        "duplicate", description="reason for those: duplicate (a refresh) or contaminated (an evaluation set)")
-    write_index: bool = Field(True, description="write the kept samples' signatures to <output>/index/<stage>/")
-
-    @field_validator("against", mode="before")
-    @classmethod
-    def _one_or_many(cls, v):
-        return [v] if isinstance(v, str) else v
-
-
-def _descending(value: float | None) -> str:
-    """A string that sorts larger numbers first (None last): IEEE bits made order-preserving."""
-    if value is None or math.isnan(value):
-        return "1"
-    bits = struct.unpack(">Q", struct.pack(">d", -float(value)))[0]
-    bits = bits ^ 0xFFFFFFFFFFFFFFFF if bits >> 63 else bits | 1 << 63
-    return f"0{bits:016x}"
-
-
 class NearDuplicates(Stage):
     """Base of dedup_minhash and dedup_phash. Subclasses give signature_rows, find_edges,
-    index_settings, size_of and similarity (words for the reject detail)."""
+    index_settings, size_of, payload_columns and similarity (words for the reject detail)."""
 
     kind = "global"
     resources = Resources(num_cpus=1)
@@ -86,27 +60,32 @@ class NearDuplicates(Stage):
         """The size that keep=largest compares."""
         raise NotImplementedError
 
+    def payload_columns(self) -> list[str]:
+        """The columns signature_rows reads besides the keep rule's (media arrive as bytes)."""
+        raise NotImplementedError
+
+    size_columns: list[str] = []  # the columns size_of may read
     similarity = "near-duplicate"  # words for the reject detail: "<similarity> of <keeper>"
     cluster_prefix = "n"  # cluster_id = prefix + the survivor's sample_id
+
+    def reads(self) -> list[str]:
+        keep = self.params.keep
+        return self.payload_columns() + ([keep[4:]] if keep.startswith("max:") else [])
+
+    def adds(self):
+        from pipeline.stage import Column
+
+        return [Column("cluster_id")]
+
+    def rank_columns(self) -> list[str]:
+        return rank_columns(self.params.keep, self.size_columns)
 
     def describe(self) -> str:
         return ""
 
-    # -- labels: the keep rule as a sortable string ---------------------------------------
     def labels_of(self, table: pa.Table) -> list[str]:
-        ordinal = table.column("ordinal").to_pylist()
-        ids = table.column("sample_id").to_pylist()
-        rule = self.params.keep
-        if rule == "first":
-            ranks = [""] * len(ids)
-        elif rule == "largest":
-            ranks = [_descending(s) for s in self.size_of(table)]
-        else:
-            column = rule[4:]
-            if column not in table.column_names:
-                raise ValueError(f"keep={rule!r}: there is no column {column!r}")
-            ranks = [_descending(v) for v in table.column(column).to_pylist()]
-        return [f"{r}{o:020d}|{i}" for r, o, i in zip(ranks, ordinal, ids)]
+        """The keep rule as a sortable label per row (stages.dedup.keep)."""
+        return labels(table, self.params.keep, self.size_of)
 
     # -- the persisted index --------------------------------------------------------------
     def external_inputs(self) -> list[str]:
@@ -139,12 +118,13 @@ class NearDuplicates(Stage):
     def run_global(self, ds, ctx) -> list[dict[str, Any]]:
         index_parts = self._index_parts()
         n = max(1, math.ceil(ctx.upstream_kept * self.rows_per_sample() / ROWS_PER_PARTITION))
-        print(f"[mmcurate] {self.name}: {self.describe()}"
-              + (f"; against {len(index_parts)} index parts" if index_parts else ""))
-        sigs = map_tables(ctx.parts, self.signature_rows)
+        ranked = self.rank_columns()
+        ctx.log(f"[mmcurate] {self.name}: {self.describe()}"
+                + (f"; against {len(index_parts)} index parts" if index_parts else ""))
+        sigs = map_tables(ctx.parts, self.signature_rows, columns=list(dict.fromkeys(ranked + self.payload_columns())))
         edges = self.find_edges(sigs + map_tables(index_parts, self._relabel), n)
-        labels, rounds = components(edges, n)
-        print(f"[mmcurate] {self.name}: connected components settled in {rounds} rounds")
+        settled, rounds = components(edges, n)
+        ctx.log(f"[mmcurate] {self.name}: connected components settled in {rounds} rounds")
         index_tmp = ctx.run.tmp_dir("index", self.name) if self.params.write_index else None
         stage = self
 
@@ -155,7 +135,7 @@ class NearDuplicates(Stage):
                     return partition_of(pa.array(ids, pa.string()), n)
             return partition_of(table.column("sample_id"), n)
 
-        def apply(part: int, table: pa.Table) -> dict[str, Any]:
+        def decide(part: int, table: pa.Table) -> pa.Table:
             is_label, is_sig = pc.is_valid(table.column("_node")), pc.is_valid(table.column("_sig"))
             found = table.filter(is_label)
             component = dict(zip(found.column("_node").to_pylist(), found.column("_label").to_pylist()))
@@ -169,10 +149,12 @@ class NearDuplicates(Stage):
                 kept_sigs = sig.filter(survives)
                 if kept_sigs.num_rows:
                     fs.write_parquet(fs.join(index_tmp, f"part-{part:06d}.parquet"), kept_sigs)
-            return ctx.writer(stage.mark(data, component)).to_pylist()[0]
+            return stage.mark(data, component).select(["sample_id", PART, "reject", "cluster_id"])
 
         sig_columns = _column_names_of(sigs[0]) if sigs else ["_sig"]
-        stats = hash_partition(list(ctx.parts) + [_only_labels.remote(r) for r in labels] + sigs, n, assign, apply)
+        decided = hash_partition(list(ctx.parts) + [_only_labels.remote(r) for r in settled] + sigs, n, assign,
+                                 decide, fetch=False, columns=ranked, tag_first=len(ctx.parts))
+        stats = apply_by_part(ctx.parts, decided, ctx.writer)
         if index_tmp:
             made = {"stage": self.name} | self.index_settings()
             fs.write_bytes(fs.join(index_tmp, "index.json"), json.dumps(made, indent=1).encode())

@@ -38,7 +38,8 @@ from pydantic import Field
 from pipeline.shuffle import hash_partition, map_tables
 
 from .minhash import _mix64, jaccard, shingle_hashes
-from .near import NearDuplicates, NearDupParams, by_column, edges_table, verify_pairs
+from .keep import DedupParams
+from .near import NearDuplicates, by_column, edges_table, verify_pairs
 
 CROP_STEPS = (0.0, 0.05, 0.1)  # cut per side; the full image first
 _WORK_SIZE = 256  # images are shrunk to about this before the crops are resized (speed, not quality)
@@ -126,15 +127,15 @@ def chunks_for(max_distance: int) -> list[tuple[int, int]]:
     return list(zip(shifts, widths))
 
 
-class DedupPhashParams(NearDupParams):
-    column: str = Field("image", description="column of encoded image bytes")
+class DedupPhashParams(DedupParams):
+    image_column: str = Field("image", description="image column")
     algorithm: Literal["phash", "dhash"] = Field("phash", description="64-bit DCT pHash, or dHash")
     max_distance: int = Field(8, ge=0, le=20, description="Hamming distance (of 64 bits) at or below which two "
                                                           "images are near-duplicates")
     crops: bool = Field(True, description="also match crops of up to 10% per side (81 grid hashes per image)")
     key: Literal["image", "both"] = Field("image", description="image = near-duplicate images; both = only when "
                                                                "the captions are near-duplicates too")
-    field: str = Field("caption", description="caption column for key=both")
+    text_column: str = Field("caption", description="caption column for key=both")
     text_threshold: float = Field(0.8, gt=0, le=1, description="word-set Jaccard of captions for key=both")
     text_ngram: int = Field(1, ge=1, le=8, description="caption shingle size in words for key=both "
                                                        "(captions are short: single words by default)")
@@ -169,11 +170,17 @@ class DedupPhash(NearDuplicates):
         return {"algorithm": p.algorithm, "crops": p.crops, "key": p.key,
                 "text_ngram": p.text_ngram if p.key == "both" else None}
 
+    def payload_columns(self) -> list[str]:
+        p = self.params
+        return [p.image_column] + ([p.text_column] if p.key == "both" else [])
+
+    size_columns = ["original_width", "original_height", "width", "height"]
+
     def size_of(self, table: pa.Table) -> list[int]:
         for w, h in (("original_width", "original_height"), ("width", "height")):
             if w in table.column_names and h in table.column_names:
                 return [(x or 0) * (y or 0) for x, y in zip(table.column(w).to_pylist(), table.column(h).to_pylist())]
-        return [len(b or b"") for b in table.column(self.params.column).to_pylist()]
+        return [0] * table.num_rows  # no sizes recorded: every image ties, the first survives
 
     def rows_per_sample(self) -> int:
         chunks = chunks_for(self.params.max_distance)
@@ -186,7 +193,7 @@ class DedupPhash(NearDuplicates):
         labels = self.labels_of(table)
         boxes = self.boxes()
         found, hashes = [], []
-        for i, data in enumerate(table.column(p.column).to_pylist()):
+        for i, data in enumerate(table.column(p.image_column).to_pylist()):
             try:
                 hashes.append(image_hashes(data, p.algorithm, boxes).tolist())
             except Exception:  # noqa: BLE001 - any undecodable image is simply not compared
@@ -195,7 +202,7 @@ class DedupPhash(NearDuplicates):
         out = {"_sig": pa.array([labels[i] for i in found], pa.string()),
                "_hashes": pa.array(hashes, pa.list_(pa.uint64()))}
         if p.key == "both":
-            captions = table.column(p.field).to_pylist()
+            captions = table.column(p.text_column).to_pylist()
             out["_caption"] = pa.array([shingle_hashes(captions[i] or "", ngram=p.text_ngram).tolist() for i in found],
                                        pa.list_(pa.uint32()))
         return pa.table(out)

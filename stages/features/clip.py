@@ -23,7 +23,9 @@ from pydantic import Field, field_validator
 
 from pipeline import ledger
 
-from .common import ModelParams, ModelStage, embedding_column, pick_device, pick_dtype, record_models, unit_rows
+from pipeline.stage import Column
+
+from .common import random_weights_warning, ModelParams, ModelStage, embedding_column, pick_device, pick_dtype, record_models, unit_rows
 from .models import ModelError, check_clip, image_size_of, load_clip
 
 PIXELS = "__tmp_clip_pixels"
@@ -98,7 +100,7 @@ class ClipEncoder:
 class EmbedClipParams(ModelParams):
     model: str = Field("tiny-random", description="a local Hugging Face CLIP directory, or tiny-random (seeded random "
                                                   "weights, for tests and the offline demo)")
-    image_column: str = Field("image", description="encoded image bytes")
+    image_column: str = Field("image", description="image column")
     text_column: str = Field("caption", description="text to embed beside the image; '' = images only")
 
     @field_validator("model")
@@ -115,6 +117,19 @@ class EmbedClip(ModelStage):
 
     name = "embed_clip"
     Params = EmbedClipParams
+
+    def reads(self) -> list[str]:
+        p = self.params
+        return [p.image_column] + ([p.text_column] if p.text_column else [])
+
+    def adds(self) -> list[Column]:
+        out = [Column("clip_image_emb", "embedding")]
+        if self.params.text_column:
+            out += [Column("clip_text_emb", "embedding"), Column("clip_score", "metric", label="CLIP score")]
+        return out
+
+    def report_sections(self, run_root: str, kept) -> list[dict]:
+        return random_weights_warning(kept)
 
     def setup(self) -> None:
         p = self.params

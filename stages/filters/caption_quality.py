@@ -19,7 +19,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from pipeline import ledger
-from pipeline.stage import RowParams, Resources, Stage
+from pipeline.stage import Column, RowParams, Resources, Stage
 
 PLACEHOLDERS = {"image", "images", "photo", "photos", "picture", "pic", "img", "untitled", "no title", "no caption",
                 "caption", "null", "none", "n/a", "na", "placeholder", "stock photo", "stock image", "thumbnail",
@@ -64,7 +64,7 @@ def language(caption: str) -> tuple[str, float]:
 
 
 class FilterCaptionQualityParams(RowParams):
-    caption_column: str = Field("caption", description="caption column")
+    text_column: str = Field("caption", description="caption column")
     languages: list[str] = Field(["en"], description="ISO 639-1 codes to keep; [] = any language")
     min_language_confidence: float = Field(0.5, ge=0, le=1, description="how sure py3langid must be of another "
                                                                                   "language to reject")
@@ -77,10 +77,16 @@ class FilterCaptionQuality(Stage):
     Params = FilterCaptionQualityParams
     resources = Resources(num_cpus=1, batch_size=512)
 
+    def reads(self) -> list[str]:
+        return [self.params.text_column]
+
+    def adds(self) -> list[Column]:
+        return [Column("caption_language")]
+
     def process(self, batch: pa.Table) -> pa.Table:
         p = self.params
         langs, rejects = [], []
-        for caption in batch.column(p.caption_column).to_pylist():
+        for caption in batch.column(p.text_column).to_pylist():
             caption = caption or ""
             kind = boilerplate(caption)
             lang, prob = language(caption) if caption.strip() else ("", 0.0)

@@ -26,8 +26,8 @@ import pyarrow as pa
 from pydantic import Field
 
 from pipeline import ledger
-from pipeline.shuffle import hash_partition, partition_of
-from pipeline.stage import Params, Resources, Stage
+from pipeline.shuffle import PART, apply_by_part, hash_partition, partition_of
+from pipeline.stage import Column, Params, Resources, Stage
 
 Action = Literal["drop", "flag", "off"]
 ISSUES = {"outlier": "outlier", "near_duplicate": "near_duplicate", "label": "label"}
@@ -101,10 +101,26 @@ class CleanlabIssues(Stage):
                                                    f"(score {scores[i]:.3f})")
         return ledger.stamp_stage(ledger.with_rejects(table, rejects), self.name)
 
+    def reads(self) -> list[str]:
+        p = self.params
+        return [p.features] + ([p.label_column] if p.label_column else [])
+
+    def adds(self):
+        return [Column(f"cl_{i}_score", "metric", label=f"cleanlab {i.replace('_', ' ')} score")
+                for i in ("outlier", "near_duplicate", "label")] + \
+            [Column(f"cl_is_{i}") for i in ("outlier", "near_duplicate", "label")]
+
     def run_global(self, ds, ctx) -> list[dict[str, Any]]:
         n = max(1, math.ceil(ctx.upstream_kept / self.params.max_rows))
-        print(f"[mmcurate] {self.name}: {', '.join(self.wanted()) or 'nothing'} by Datalab in {n} partition(s) "
-              f"of <= {self.params.max_rows} rows")
-        stage, writer = self, ctx.writer
-        return hash_partition(ctx.parts, n, lambda t: partition_of(t.column("sample_id"), n),
-                              lambda _, t: writer(stage.mark(t)).to_pylist()[0])
+        ctx.log(f"[mmcurate] {self.name}: {', '.join(self.wanted()) or 'nothing'} by Datalab in {n} partition(s) "
+                f"of <= {self.params.max_rows} rows")
+        stage = self
+
+        def decide(_: int, t: pa.Table) -> pa.Table:
+            marked = stage.mark(t)
+            return marked.select(["sample_id", PART, "reject"] + [c for c in marked.column_names
+                                                                   if c.startswith("cl_")])
+
+        decided = hash_partition(ctx.parts, n, lambda t: partition_of(t.column("sample_id"), n), decide,
+                                 fetch=False, columns=["sample_id", *self.reads()], tag_first=len(ctx.parts))
+        return apply_by_part(ctx.parts, decided, ctx.writer)

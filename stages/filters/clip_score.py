@@ -46,6 +46,9 @@ class FilterClipScore(Stage):
     Params = FilterClipScoreParams
     resources = Resources(num_cpus=1)
 
+    def reads(self) -> list[str]:
+        return [self.params.column]
+
     def keys(self, table: pa.Table) -> np.ndarray:
         """Score digits then id digits, for the rows that have a score."""
         scores = _scores(table, self.params.column)
@@ -56,7 +59,8 @@ class FilterClipScore(Stage):
             np.zeros((0, 6), np.uint16)
 
     def cutoff(self, parts: list, total: int) -> tuple[int, ...] | None:
-        return kth_smallest(parts, self.keys, math.ceil(self.params.fraction * total), digits=6)
+        return kth_smallest(parts, self.keys, math.ceil(self.params.fraction * total), digits=6,
+                            columns=["sample_id", self.params.column])
 
     def mark(self, table: pa.Table, cutoff: tuple[int, ...] | None) -> pa.Table:
         p = self.params
@@ -79,7 +83,7 @@ class FilterClipScore(Stage):
         if self.params.fraction is not None:
             total = sum(gather([_count_valid.remote(part, self.params.column) for part in ctx.parts]))
             cutoff = self.cutoff(ctx.parts, total)
-            print(f"[mmcurate] {self.name}: keeping the top {self.params.fraction:.0%} of {total} scored rows")
+            ctx.log(f"[mmcurate] {self.name}: keeping the top {self.params.fraction:.0%} of {total} scored rows")
         stage, writer = self, ctx.writer
         refs = map_tables(ctx.parts, lambda t: writer(stage.mark(t, cutoff)))
         return [t.to_pylist()[0] for t in gather(refs)]
@@ -101,4 +105,7 @@ def _scores(table: pa.Table, column: str) -> np.ndarray:
 def _count_valid(part: str, column: str) -> int:
     from pipeline import fs
 
-    return int((~np.isnan(_scores(fs.read_parquet(part), column))).sum())
+    import pyarrow.parquet as pq
+
+    filesystem, path = fs.resolve(part)
+    return int((~np.isnan(_scores(pq.read_table(path, filesystem=filesystem, columns=[column]), column))).sum())

@@ -19,7 +19,7 @@ class FilterDatacompBasicParams(RowParams):
     min_caption_chars: int = Field(6, ge=0, description="at least this many characters (DataComp: more than 5)")
     min_side: int = Field(200, ge=0, description="shorter side of the original image, px (DataComp: 200)")
     max_aspect: float = Field(3.0, ge=1, description="longer side / shorter side at most (DataComp: 3)")
-    caption_column: str = Field("caption", description="caption column")
+    text_column: str = Field("caption", description="caption column")
 
 
 def _dims(table: pa.Table) -> tuple[list, list]:
@@ -34,11 +34,14 @@ class FilterDatacompBasic(Stage):
     Params = FilterDatacompBasicParams
     resources = Resources(num_cpus=1, batch_size=1024)
 
+    def reads(self) -> list[str]:
+        return [self.params.text_column, "original_width", "original_height"]
+
     def process(self, batch: pa.Table) -> pa.Table:
         p = self.params
         widths, heights = _dims(batch)
         rejects = []
-        for caption, w, h in zip(batch.column(p.caption_column).to_pylist(), widths, heights):
+        for caption, w, h in zip(batch.column(p.text_column).to_pylist(), widths, heights):
             caption = (caption or "").strip()
             words = len(caption.split())
             short, long = min(w or 0, h or 0), max(w or 0, h or 0)

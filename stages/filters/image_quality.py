@@ -24,7 +24,7 @@ from PIL import Image
 from pydantic import Field
 
 from pipeline import ledger
-from pipeline.stage import RowParams, Resources, Stage
+from pipeline.stage import Column, RowParams, Resources, Stage
 
 MEASURE_SIZE = 512
 
@@ -48,7 +48,7 @@ def measure(data: bytes) -> tuple[float, float, int, int]:
 
 
 class FilterImageQualityParams(RowParams):
-    image_column: str = Field("image", description="encoded image bytes")
+    image_column: str = Field("image", description="image column")
     min_entropy: float = Field(2.0, ge=0, le=8, description="gray-histogram entropy in bits below which an image "
                                                             "is blank or near-uniform")
     min_sharpness: float = Field(2.0, ge=0, description="variance of the Laplacian (at <= 512 px) below which an "
@@ -61,6 +61,13 @@ class FilterImageQuality(Stage):
     name = "filter_image_quality"
     Params = FilterImageQualityParams
     resources = Resources(num_cpus=1, batch_size=64)
+
+    def reads(self) -> list[str]:
+        return [self.params.image_column]
+
+    def adds(self) -> list[Column]:
+        return [Column("image_entropy", "metric", label="image entropy (bits)"),
+                Column("image_sharpness", "metric", label="image sharpness (Laplacian variance)")]
 
     def process(self, batch: pa.Table) -> pa.Table:
         p = self.params

@@ -25,7 +25,7 @@ from PIL import Image, ImageFilter
 from pydantic import Field
 
 from pipeline import ledger
-from pipeline.stage import RowParams, Resources, Stage
+from pipeline.stage import Column, RowParams, Resources, Stage
 
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _HEX = r"[0-9a-f]{1,4}"
@@ -67,7 +67,7 @@ def redact(text: str) -> tuple[str, dict[str, int]]:
 
 
 class RedactPiiParams(RowParams):
-    columns: list[str] = Field(["caption"], description="text columns to redact in place")
+    text_columns: list[str] = Field(["caption"], description="text columns to redact in place")
 
 
 class RedactPii(Stage):
@@ -75,10 +75,16 @@ class RedactPii(Stage):
     Params = RedactPiiParams
     resources = Resources(num_cpus=1, batch_size=1024)
 
+    def reads(self) -> list[str]:
+        return list(self.params.text_columns)
+
+    def adds(self) -> list[Column]:
+        return [Column("pii_redacted", "metric", label="PII items redacted per sample")]
+
     def process(self, batch: pa.Table) -> pa.Table:
         totals = [0] * batch.num_rows
         found: list[dict[str, int]] = [{} for _ in range(batch.num_rows)]
-        for column in self.params.columns:
+        for column in self.params.text_columns:
             out = []
             for i, text in enumerate(batch.column(column).to_pylist()):
                 if text:
@@ -132,7 +138,7 @@ def blur_boxes(im: Image.Image, boxes: list[tuple[int, int, int, int]]) -> Image
 
 
 class BlurFacesParams(RowParams):
-    image_column: str = Field("image", description="encoded image bytes (blurred in place)")
+    image_column: str = Field("image", description="image column (blurred in place)")
     format_column: str = Field("image_format", description="column naming the image format (jpg or webp)")
     min_face: int = Field(24, ge=8, description="smallest face side searched, px at <= 512 px")
     min_neighbors: int = Field(8, ge=1, description="overlapping detections a face needs (fewer finds more "
@@ -145,6 +151,15 @@ class BlurFaces(Stage):
     name = "blur_faces"
     Params = BlurFacesParams
     resources = Resources(num_cpus=1, batch_size=32)
+
+    def reads(self) -> list[str]:
+        return [self.params.image_column]
+
+    def adds(self) -> list[Column]:
+        from stages.ingest.image import preview
+
+        return [Column(self.params.image_column, "media", format=f"@{self.params.format_column}", preview=preview),
+                Column("faces_blurred", "metric", label="faces blurred per image"), Column("image_bytes")]
 
     def process(self, batch: pa.Table) -> pa.Table:
         p = self.params

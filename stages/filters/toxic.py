@@ -27,7 +27,7 @@ def wordlist() -> list[str]:
 
 
 class FilterToxicTextParams(RowParams):
-    columns: list[str] = Field(["caption"], min_length=1, description="text columns to check")
+    text_columns: list[str] = Field(["caption"], min_length=1, description="text columns to check")
     extra_terms: list[str] = Field(default_factory=list, description="terms added to the list")
     allow_terms: list[str] = Field(default_factory=list, description="terms removed from the list")
 
@@ -36,6 +36,9 @@ class FilterToxicText(Stage):
     name = "filter_toxic_text"
     Params = FilterToxicTextParams
     resources = Resources(num_cpus=1, batch_size=1024)
+
+    def reads(self) -> list[str]:
+        return list(self.params.text_columns)
 
     def setup(self) -> None:
         p = self.params
@@ -46,7 +49,7 @@ class FilterToxicText(Stage):
         self.pattern = re.compile(rf"(?<!\w)(?:{alternation})(?!\w)")
 
     def process(self, batch: pa.Table) -> pa.Table:
-        texts = [[(t or "").lower() for t in batch.column(c).to_pylist()] for c in self.params.columns]
+        texts = [[(t or "").lower() for t in batch.column(c).to_pylist()] for c in self.params.text_columns]
         rejects = []
         for row in zip(*texts):
             hits = sorted({m.group(0) for text in row for m in self.pattern.finditer(text)})

@@ -140,8 +140,8 @@ def decode_resize_encode(data: bytes, *, policy: str = "fit", size: int = 512, f
     return Encoded(out.getvalue(), fmt, im.width, im.height, ow, oh, original_format)
 
 
-def thumbnail(data: bytes, side: int = 96) -> bytes | None:
-    """A small JPEG for the rejects table; None when the bytes do not decode."""
+def preview(data: bytes, side: int = 96) -> bytes | None:
+    """A small JPEG of an image, for the report; None when the bytes do not decode."""
     try:
         im = Image.open(io.BytesIO(data))
         im.draft("RGB", (side, side))

@@ -15,13 +15,13 @@ import pyarrow as pa
 from pydantic import Field
 
 from pipeline import fs, ledger
-from pipeline.stage import RowParams, Resources, Stage
-from schemas import IMAGE_TEXT
+from pipeline.stage import Column, RowParams, Resources, Stage
+from schemas.image_text import IMAGE_TEXT
 
 from . import sources
 from .caption import CaptionRejected, normalize_caption
 from .download import DownloadError, Downloader, Policy
-from .image import ImageRejected, decode_resize_encode, thumbnail
+from .image import ImageRejected, decode_resize_encode, preview
 
 BATCH_ROWS = 1024
 # Listing columns that only locate the media; kept so that rejects show them.
@@ -45,7 +45,7 @@ class IngestImageTextParams(RowParams):
     allowed_roots: list[str] = Field(default_factory=list, description="folders (or s3://bucket/prefix) outside the "
                                      "manifest's own folder that its paths may point into; s3:// URLs in a URL "
                                      "list are read only inside these")
-    caption_column: str = Field("caption", description="manifest column with the caption")
+    text_column: str = Field("caption", description="manifest column with the caption (written as `caption`)")
     resize: Literal["fit", "center_crop", "pad", "none"] = Field(
         "fit", description="fit = shrink into image_size (keeps aspect); center_crop/pad = exactly image_size square")
     image_size: int = Field(512, ge=16, le=16384, description="target side in pixels for `resize`")
@@ -72,7 +72,16 @@ class IngestImageText(Stage):
     name = "ingest_image_text"
     Params = IngestImageTextParams
     resources = Resources(num_cpus=1, batch_size=64)
-    thumbnails = {"image": thumbnail}
+
+    def adds(self) -> list[Column]:
+        px = "px"
+        return [Column("image", "media", format="@image_format", preview=preview), Column("image_format"),
+                Column("caption", "text", format="txt"), Column("content_sha256"),
+                Column("width", "metric", label=f"stored width ({px})"),
+                Column("height", "metric", label=f"stored height ({px})"), Column("image_bytes"),
+                Column("original_width", "metric", label=f"original width ({px})"),
+                Column("original_height", "metric", label=f"original height ({px})"),
+                Column("original_bytes"), Column("original_format")]
 
     def setup(self) -> None:
         p = self.params
@@ -88,7 +97,7 @@ class IngestImageText(Stage):
         p = self.params
         fmt = sources.detect_format(p.source) if p.source_format == "auto" else p.source_format
         if fmt == "manifest":
-            return sources.list_manifest(p.source, p.path_column, p.caption_column, p.url_column,
+            return sources.list_manifest(p.source, p.path_column, p.text_column, p.url_column,
                                          p.allowed_roots)
         if fmt == "directory":
             return sources.list_directory(p.source, "image")

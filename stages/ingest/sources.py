@@ -30,6 +30,7 @@ from urllib.parse import unquote, urlsplit
 import pyarrow.parquet as pq
 
 from pipeline import fs
+from pipeline.stage import SourceError  # noqa: F401 - raised here, imported from here by the ingest stages
 
 MEDIA_EXTENSIONS = {
     "image": (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"),
@@ -78,10 +79,6 @@ def _is_utf8(name: str) -> bool:
         return True
     except UnicodeEncodeError:
         return False
-
-
-class SourceError(ValueError):
-    """A source that cannot be used at all (wrong columns, nothing there): a user error."""
 
 
 @dataclass
@@ -313,7 +310,7 @@ def _caption_value(value: Any) -> tuple[bytes | None, str | None]:
     return None, f"the caption is a {type(value).__name__}, not text"
 
 
-def list_manifest(uri: str, path_column: str, caption_column: str, url_column: str = "url",
+def list_manifest(uri: str, path_column: str, text_column: str, url_column: str = "url",
                   allowed_roots: list[str] | tuple[str, ...] = ()) -> Iterator[Entry]:
     """Rows of a manifest; the media is at `path_column`, or at `url_column` when the
     manifest has no path column (a URL list)."""
@@ -333,17 +330,17 @@ def list_manifest(uri: str, path_column: str, caption_column: str, url_column: s
             elif path_column not in row:
                 raise SourceError(f"manifest {uri} has no column {path_column!r} or {url_column!r} "
                                   f"(columns: {sorted(map(str, row))[:50]}); set path_column or url_column")
-            if caption_column not in row:
-                raise SourceError(f"manifest {uri} has no column {caption_column!r} "
-                                  f"(columns: {sorted(map(str, row))[:50]}); set caption_column")
+            if text_column not in row:
+                raise SourceError(f"manifest {uri} has no column {text_column!r} "
+                                  f"(columns: {sorted(map(str, row))[:50]}); set text_column")
             checked = True
-        extra = clean_text({str(k): v for k, v in row.items() if k not in (path_column, caption_column)})
+        extra = clean_text({str(k): v for k, v in row.items() if k not in (path_column, text_column)})
         too_large = _too_large(row)
         if too_large:
             yield Entry(uri, str(n), extra={}, reject=("field_too_large", f"{uri} row {n}: {too_large}"))
             continue
         media = row.get(path_column)
-        caption, not_text = _caption_value(row.get(caption_column))
+        caption, not_text = _caption_value(row.get(text_column))
         if not_text:
             yield Entry(uri, str(n), extra=extra, reject=("caption_not_text", f"{uri} row {n}: {not_text}"))
             continue

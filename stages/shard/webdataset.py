@@ -19,11 +19,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from pipeline import fs
+from pipeline import fs, media
 from pipeline.ledger import SAFE_ID
 from pipeline.shuffle import hash_partition
-from pipeline.stage import Params, Resources, Stage
-from schemas import EMBEDDING_SUFFIX, SHARD_MEMBERS
+from pipeline.stage import Column, Params, Resources, Stage
+
+EMBEDDING_SUFFIX = "_emb"  # DESIGN.md: feature columns are <model family>_<input>_emb
 
 BUCKET = "_shard_bucket"
 ORDER = "_shard_order"
@@ -108,23 +109,40 @@ def _npy(value: Any) -> bytes:
     return buf.getvalue()
 
 
+def members(schema: pa.Schema, columns: dict[str, Column]) -> tuple[list[str], list[str], list[str], list[str]]:
+    """(media, text, embedding, json) columns of a table, by what the stages declared.
+    Bytes that no stage declared a format for are an error, never dropped."""
+    names = [n for n in schema.names if not n.startswith("_")]
+    kind = {n: columns[n].kind if n in columns else None for n in names}
+    media_cols = [n for n in names if kind[n] == "media"]
+    texts = [n for n in names if kind[n] == "text"]
+    embeddings = sorted(n for n in names if kind[n] == "embedding" or (
+        kind[n] is None and n.endswith(EMBEDDING_SUFFIX) and pa.types.is_list(schema.field(n).type)))
+    for n in names:
+        t = schema.field(n).type
+        if n not in media_cols and (media.is_ref(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t)):
+            raise ValueError(f"column {n!r} holds bytes, but no stage of the job declares it as media with a "
+                             "format: it would not know its member name in the shards")
+    rest = [n for n in names if n not in media_cols and n not in texts and n not in embeddings]
+    return media_cols, texts, embeddings, rest
+
+
 class _ShardWriter:
     """Writes one hash slice as <tmp>/bucket-NNNNNN.tar plus its parquet index."""
 
-    def __init__(self, tmp_dir: str):
-        self.tmp_dir = tmp_dir
+    def __init__(self, tmp_dir: str, columns: dict[str, Column]):
+        self.tmp_dir, self.columns = tmp_dir, columns
+
+    def _extension(self, column: str, row: dict[str, Any]) -> str:
+        fmt = self.columns[column].format
+        return str(row[fmt[1:]]) if fmt.startswith("@") else fmt
 
     def __call__(self, group: pa.Table) -> pa.Table:
         group = group.take(pc.sort_indices(group, [(ORDER, "ascending")]))
         bucket = group.column(BUCKET)[0].as_py()
         group = group.drop_columns([ORDER, BUCKET])
         base = fs.join(self.tmp_dir, f"bucket-{bucket:06d}")
-        names = group.column_names
-        media = [c for c in SHARD_MEMBERS if c in names]
-        embeddings = sorted(c for c in names if c.endswith(EMBEDDING_SUFFIX))
-        scalars = [c for c in names if c not in media and c not in embeddings and not c.startswith("_")
-                   and not pa.types.is_binary(group.schema.field(c).type)
-                   and not pa.types.is_large_binary(group.schema.field(c).type)]
+        media_cols, texts, embeddings, scalars = members(group.schema, self.columns)
         filesystem, path = fs.resolve(base + ".tar")
         counts: dict[str, int] = {}
         # to_numpy keeps each embedding's dtype (float16 stays float16); to_pylist would not.
@@ -135,13 +153,12 @@ class _ShardWriter:
                 key = row["sample_id"]
                 if not SAFE_ID.fullmatch(key):  # listing makes every id safe; never write a path as a name
                     raise ValueError(f"sample_id {key[:200]!r} is not a safe WebDataset key ({SAFE_ID.pattern})")
-                for col in media:
+                for col in media_cols + texts:
                     if row[col] is None:
                         continue
-                    ext_col, fixed = SHARD_MEMBERS[col]
-                    ext = fixed or row[ext_col]
-                    value = row[col]
-                    _member(sink, f"{key}.{ext}", value if isinstance(value, bytes) else str(value).encode())
+                    ext = self._extension(col, row)
+                    value = media.read(row[col]) if col in media_cols else row[col].encode()
+                    _member(sink, f"{key}.{ext}", value)
                     counts[ext] = counts.get(ext, 0) + 1
                 record = {c: row[c] for c in scalars if c != "meta"}
                 record["meta"] = json.loads(row["meta"]) if row.get("meta") else {}
@@ -151,7 +168,6 @@ class _ShardWriter:
                         _member(sink, f"{key}.{col}.npy", _npy(vectors[col][i]))
                         counts[f"{col}.npy"] = counts.get(f"{col}.npy", 0) + 1
             _end_of_archive(sink)
-        texts = [c for c in media if pa.types.is_string(group.schema.field(c).type)]  # captions are small
         index = group.select(scalars + texts + embeddings)
         index = index.add_column(0, "__key__", group.column("sample_id"))
         fs.write_parquet(base + ".parquet", index)
@@ -163,13 +179,13 @@ class _ShardWriter:
 class _SliceWriter:
     """Reduce side of the shuffle: one hash slice written as one shard (None when empty)."""
 
-    def __init__(self, tmp: str, shards: int):
-        self.tmp, self.shards = tmp, shards
+    def __init__(self, tmp: str, shards: int, columns: dict[str, Column]):
+        self.tmp, self.shards, self.columns = tmp, shards, columns
 
     def __call__(self, bucket: int, group: pa.Table) -> dict[str, Any] | None:
         if not group.num_rows:
             return None
-        return _ShardWriter(self.tmp)(_Bucketer(self.shards)(group)).to_pylist()[0]
+        return _ShardWriter(self.tmp, self.columns)(_Bucketer(self.shards)(group)).to_pylist()[0]
 
 
 def _slice_of(shards: int):
@@ -194,7 +210,7 @@ class ShardWebDataset(Stage):
         buckets: list[dict[str, Any]] = []
         if ctx.parts and ctx.upstream_kept:
             n = self.shard_count(ctx.upstream_kept, ctx.upstream_bytes)
-            written = hash_partition(ctx.parts, n, _slice_of(n), _SliceWriter(tmp, n))
+            written = hash_partition(ctx.parts, n, _slice_of(n), _SliceWriter(tmp, n, ctx.columns))
             buckets = [b for b in written if b is not None]
         shards = []
         filesystem, _ = fs.resolve(tmp)
@@ -216,7 +232,8 @@ class ShardWebDataset(Stage):
         manifest = {"version": 1, "shards": shards}
         fs.write_bytes(fs.join(tmp, "manifest.json"), json.dumps(manifest, indent=1).encode())
         fs.replace_dir(tmp, ctx.run.shards)
-        return {"samples": total, "shards": len(shards), "shard_dir": ctx.run.shards}
+        return {"samples": total, "shards": len(shards), "shard_dir": ctx.run.shards,
+                "bytes": sum(s["bytes"] for s in shards)}
 
 
 def register_gopen() -> None:

@@ -163,10 +163,16 @@ def test_rejects_table_is_flat_and_keeps_input_columns(demo_run):
     for col in ("sample_id", "source_uri", "licence", "photo", "path", "reject_stage", "reject_reason",
                 "reject_detail", "duplicate_of", "cluster_id"):
         assert col in rejects.column_names
-    assert "image" not in rejects.column_names  # media never travels into the rejects table
+    from pipeline import media
+
+    # media never travels into the rejects table: a reference to the run's media store does
+    assert media.is_ref(rejects.schema.field("image").type)
     assert "ingest_image_text" in set(rejects.column("reject_stage").to_pylist())
     dups = fs.read_parquet_dir(os.path.join(out, "rejects", "03-dedup_phash"))
-    assert "image" not in dups.column_names and {"photo", "cluster_id", "duplicate_of"} <= set(dups.column_names)
+    assert media.is_ref(dups.schema.field("image").type) and {"photo", "cluster_id", "duplicate_of"} <= set(
+        dups.column_names)
+    ref = dups.column("image")[0].as_py()
+    assert ref["uri"].startswith(os.path.join(out, "media")) and media.read(ref)[:2] == b"\xff\xd8"
 
 
 def test_demo_report_renders_in_headless_chromium(demo_run, tmp_path):
@@ -182,8 +188,11 @@ def test_demo_report_renders_in_headless_chromium(demo_run, tmp_path):
     assert cli.main(["report", out]) == 0
     page = os.path.join(out, "report", "index.html")
     report = json.load(open(os.path.join(out, "report", "report.json")))
-    assert report["kept"] == summary["kept"] and report["random_features"]  # tiny-random is labelled
-    assert report["representation"] and report["metrics"]["clip_score"]["count"] == summary["kept"]
+    titles = [s["title"] for s in report["sections"]]
+    assert report["kept"] == summary["kept"] and "Random weights" in titles  # tiny-random is labelled
+    assert any(t.startswith("Representation") for t in titles)
+    assert report["metrics"]["clip_score"]["count"] == summary["kept"]
+    assert report["previews"]["kept"] == 24 and report["previews"]["rejected"]["dedup_phash: duplicate"] == 8
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "Chromium is installed by scripts/install.sh (apt, as root)"
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -144,3 +144,31 @@ class SleepOn(Stage):
 class SleepOnInActor(SleepOn):
     name = "test_sleep_on_in_actor"
     resources = Resources(num_cpus=0.5, concurrency=1, batch_size=16)
+
+
+class SplitParams(RowParams):
+    parts: int = Field(2, ge=1, description="children per row")
+
+
+class Split(Stage):
+    """Fans every row out into `parts` children (a stand-in for video -> clips). A row whose
+    text says "raise" raises; one that says "die" kills its worker."""
+
+    name = "test_split"
+    Params = SplitParams
+    resources = Resources(num_cpus=0.5, batch_size=8)
+
+    def reads(self) -> list[str]:
+        return ["text"]
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        out = []
+        for row in batch.to_pylist():
+            if "die" in row["text"]:
+                os._exit(3)
+            if "raise" in row["text"]:
+                raise ValueError("this row cannot be split")
+            for k in range(self.params.parts):
+                fields = {c: v for c, v in row.items() if c not in ("reject",)}
+                out.append(ledger.child(row, f"part={k}of{self.params.parts}", **{**fields, "text": f"{row['text']}/{k}"}))
+        return pa.Table.from_pylist(out)

@@ -180,7 +180,7 @@ def test_sigkill_after_a_commit_then_rerun(demo_data, tmp_path, ray_session):
 
 
 def test_stateful_stage_runs_as_an_actor_pool(ray_session, tmp_path):
-    from stages.ingest.table import IngestTable
+    from pipeline.table import IngestTable
     from tests.pipeline.helpers import WorkerTag
 
     rows = tmp_path / "rows.jsonl"
@@ -210,7 +210,7 @@ def test_cli_joins_an_existing_cluster(ray_session, demo_data, tmp_path):
 
 
 def test_a_stage_that_duplicates_rows_cannot_break_the_ledger(ray_session, tmp_path):
-    from stages.ingest.table import IngestTable
+    from pipeline.table import IngestTable
     from tests.pipeline.helpers import Duplicate
 
     rows = tmp_path / "rows.jsonl"
@@ -251,10 +251,11 @@ def _table(n: int, rejected: set[int] = frozenset()):
 
 
 def test_a_retried_block_replaces_what_its_first_attempt_wrote(tmp_path):
+    from pipeline.rundir import SegmentFiles
     from pipeline.runner import SegmentWriter
 
     kept, rejects = str(tmp_path / "kept"), str(tmp_path / "rejects")
-    writer = SegmentWriter(kept, rejects, {})
+    writer = SegmentWriter(SegmentFiles(kept, rejects, str(tmp_path / "expanded")))
     writer(_table(6, {1, 3}))  # the first attempt: a download timed out twice
     writer(_table(6))  # the retry rejects nothing
     assert (fs.parquet_rows(kept), fs.parquet_rows(rejects)) == (6, 0)
@@ -284,13 +285,12 @@ def test_a_commit_counts_the_rows_on_disk(tmp_path):
     from pipeline.rundir import RunDir, SegmentMismatch
 
     rd = RunDir(str(tmp_path / "run"))
-    tmp_k, tmp_r = rd.tmp_dir("kept", "01-x"), rd.tmp_dir("rejects", "01-x")
-    fs.write_parquet(fs.join(tmp_k, "part-a.parquet"), _table(3).drop_columns(["reject"]))
-    fs.makedirs(tmp_r)
-    with pytest.raises(SegmentMismatch, match="hold 3 kept and 0 rejected.*reported 5 kept"):
-        rd.commit("01-x", tmp_k, tmp_r, {"kept": 5, "rejected": 0})
+    tmp = rd.tmp_segment("01-x")
+    fs.write_parquet(fs.join(tmp.kept, "part-a.parquet"), _table(3).drop_columns(["reject"]))
+    with pytest.raises(SegmentMismatch, match="hold 3 kept, 0 rejected and 0 expanded.*reported 5 kept"):
+        rd.commit("01-x", tmp, {"kept": 5, "rejected": 0})
     assert rd.marker("01-x") is None
-    rd.commit("01-x", tmp_k, tmp_r, {"kept": 3, "rejected": 0})
+    rd.commit("01-x", tmp, {"kept": 3, "rejected": 0})
     assert rd.marker("01-x") == {"kept": 3, "rejected": 0}
 
 
@@ -312,7 +312,7 @@ def test_an_image_edited_in_place_reruns_what_read_it(ray_session, demo_data, tm
 
 def test_a_grown_against_index_reruns_the_dedup_segment_only(ray_session, tmp_path):
     from stages.dedup.minhash import DedupMinhash
-    from stages.ingest.table import IngestTable
+    from pipeline.table import IngestTable
 
     def docs(path, n):
         path.write_text("".join(json.dumps({"text": f"document number {i} " + "word " * 30 + str(i)}) + "\n"
@@ -320,18 +320,18 @@ def test_a_grown_against_index_reruns_the_dedup_segment_only(ray_session, tmp_pa
         return str(path)
 
     earlier = str(tmp_path / "earlier")
-    Runner(make_job(IngestTable(source=docs(tmp_path / "a.jsonl", 20)), DedupMinhash(field="text")), earlier,
+    Runner(make_job(IngestTable(source=docs(tmp_path / "a.jsonl", 20)), DedupMinhash(text_column="text")), earlier,
            log=lambda *a: None).run()
     new = docs(tmp_path / "b.jsonl", 10)
     out = str(tmp_path / "run")
 
     def run():
-        job = make_job(IngestTable(source=new), DedupMinhash(field="text", against=[f"{earlier}/index/dedup_minhash"]))
+        job = make_job(IngestTable(source=new), DedupMinhash(text_column="text", against=[f"{earlier}/index/dedup_minhash"]))
         return [s["skipped"] for s in Runner(job, out, log=lambda *a: None).run()["segments"]]
 
     assert run() == [False, False]
     assert run() == [True, True]
-    Runner(make_job(IngestTable(source=docs(tmp_path / "a.jsonl", 40)), DedupMinhash(field="text")), earlier,
+    Runner(make_job(IngestTable(source=docs(tmp_path / "a.jsonl", 40)), DedupMinhash(text_column="text")), earlier,
            log=lambda *a: None).run()  # the earlier run grew, and so did its index
     assert run() == [True, False]
 
@@ -370,7 +370,7 @@ ONE_CPU_SCRIPT = """
 import sys
 sys.path.insert(0, {root!r})
 from pipeline.runner import Runner
-from stages.ingest.table import IngestTable
+from pipeline.table import IngestTable
 from tests.pipeline.helpers import RejectOdd, WorkerTag, make_job
 pool = WorkerTag()
 pool.resources.concurrency = 1

@@ -70,7 +70,7 @@ def test_stage_command_on_ray_keeps_input_columns(ray_session, tmp_path, monkeyp
             f.write(json.dumps({"text": f"{t} {i // len(texts)}" if i % 7 else t, "n": i}) + "\n")
     out = str(tmp_path / "out")
     assert cli.main(["stage", "dedup_exact", "--input", str(docs), "--output", out,
-                     "--set", "key=text", "--set", "field=text"]) == 0
+                     "--set", "key=text", "--set", "text_column=text"]) == 0
     kept = fs.read_parquet_dir(os.path.join(out, "stages", "01-dedup_exact"))
     rejects = fs.read_parquet_dir(os.path.join(out, "rejects", "01-dedup_exact"))
     keys = [text_key(t) for t in kept.column("text").to_pylist()]

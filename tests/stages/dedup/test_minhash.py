@@ -135,7 +135,7 @@ def test_dedup_minhash_on_ray(ray_session, tmp_path, monkeypatch, others, rows_p
             f.write(json.dumps({"name": name, "text": " ".join(words)}) + "\n")
     out = str(tmp_path / "out")
     assert cli.main(["stage", "dedup_minhash", "--input", str(path), "--output", out,
-                     "--set", "field=text", "--set", "threshold=0.8"]) == 0
+                     "--set", "text_column=text", "--set", "threshold=0.8"]) == 0
     kept = fs.read_parquet_dir(os.path.join(out, "stages", "01-dedup_minhash"))
     rejects = fs.read_parquet_dir(os.path.join(out, "rejects", "01-dedup_minhash"))
     removed = dict(zip(rejects.column("name").to_pylist(), rejects.column("duplicate_of").to_pylist()))
@@ -174,11 +174,11 @@ def test_index_round_trip_and_decontamination(ray_session, tmp_path, reason):
 
     run1, run2 = str(tmp_path / "run1"), str(tmp_path / "run2")
     assert cli.main(["stage", "dedup_minhash", "--input", write("first", first), "--output", run1,
-                     "--set", "field=text"]) == 0
+                     "--set", "text_column=text"]) == 0
     index = os.path.join(run1, "index", "dedup_minhash")
     assert json.loads(fs.read_bytes(os.path.join(index, "index.json")))["bands"] == 18
     assert cli.main(["stage", "dedup_minhash", "--input", write("second", second), "--output", run2,
-                     "--set", "field=text", "--set", f"against_reason={reason}", "--against", index]) == 0
+                     "--set", "text_column=text", "--set", f"against_reason={reason}", "--against", index]) == 0
     rejects = fs.read_parquet_dir(os.path.join(run2, "rejects", "01-dedup_minhash"))
     removed = dict(zip(rejects.column("key").to_pylist(), rejects.column("reject_reason").to_pylist()))
     assert removed == {k: reason for k in ("copy_a3", "copy_a7", "near_a11", "near_a20")}
@@ -201,7 +201,7 @@ def test_an_index_made_differently_is_refused(ray_session, tmp_path):
     docs.write_text("".join(json.dumps({"text": f"document number {i} with some words in it"}) + "\n"
                             for i in range(5)))
     assert cli.main(["stage", "dedup_minhash", "--input", str(docs), "--output", str(tmp_path / "r1"),
-                     "--set", "field=text"]) == 0
+                     "--set", "text_column=text"]) == 0
     index = os.path.join(str(tmp_path / "r1"), "index", "dedup_minhash")
     assert cli.main(["stage", "dedup_minhash", "--input", str(docs), "--output", str(tmp_path / "r2"),
-                     "--set", "field=text", "--set", "num_perm=64", "--against", index]) == 2
+                     "--set", "text_column=text", "--set", "num_perm=64", "--against", index]) == 2

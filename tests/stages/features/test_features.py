@@ -108,7 +108,7 @@ def test_minilm_ranks_paraphrases_above_unrelated_text():
 
 
 def test_embed_text_records_the_model(pairs):
-    stage = EmbedText(column="caption")
+    stage = EmbedText(text_column="caption")
     stage.ensure_setup()
     out = stage.process(pairs)
     assert out.column("st_caption_emb").type == pa.list_(pa.float16())

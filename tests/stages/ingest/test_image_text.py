@@ -149,7 +149,7 @@ def test_manifest_formats_keep_extra_columns(tmp_path, chelsea):
     pq.write_table(table, tmp_path / "m.parquet")
     table.to_pandas().to_csv(tmp_path / "m.csv", index=False)
     for name in ("m.parquet", "m.csv"):
-        rows = ingest(str(tmp_path / name), path_column="file", caption_column="text")
+        rows = ingest(str(tmp_path / name), path_column="file", text_column="text")
         ok, missing = rows
         assert ok["reject"] is None and ok["caption"] == "a cat"
         assert ok["licence"] == "cc0" and float(ok["score"]) == 0.5  # extra columns stay top-level...

@@ -13,7 +13,7 @@ from PIL import Image
 from jobs.demo_data import jpeg, photos
 from pipeline import ledger
 from stages.ingest.image_text import IngestImageText
-from stages.ingest.table import IngestTable
+from pipeline.table import IngestTable
 
 
 @pytest.fixture(scope="module")

@@ -76,7 +76,7 @@ def test_embeddings_become_npy_members_via_the_stage_command(ray_session, tmp_pa
                 if mname.endswith(".clip_image_emb.npy"):
                     key = mname.split(".")[0]
                     assert "score" in json.loads(members[f"{key}.json"])
-                    found[members[f"{key}.txt"].decode()] = np.load(io.BytesIO(data))
+                    found[json.loads(members[f"{key}.json"])["caption"]] = np.load(io.BytesIO(data))
     assert len(found) == 30
     for i in range(30):
         assert found[f"text {i}"].dtype == np.float16
@@ -95,7 +95,7 @@ def test_tar_headers_match_the_standard_library():
 def test_hostile_ids_never_become_member_paths(ray_session, tmp_path):
     """Ids that are paths, dotted or repeated reach the shards as safe, unique keys."""
     from pipeline import ledger
-    from stages.ingest.table import IngestTable
+    from pipeline.table import IngestTable
 
     rows = [{"sample_id": "/x/escaped", "text": "abs"}, {"sample_id": "../../up", "text": "rel"},
             {"sample_id": "a.b", "text": "dot"}, {"sample_id": "ok", "text": "first"},

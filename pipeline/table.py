@@ -1,7 +1,8 @@
 """Stage `ingest_table`: rows of a parquet, jsonl or csv file, every column kept as it is.
 
-This is how `mmcurate stage NAME --input FILE` feeds one stage: rows that
-have no `sample_id` / `ordinal` get them from the file and the row number.
+The engine's own source, modality-free: `mmcurate stage NAME --input FILE` feeds a
+stage with it. Rows that have no `sample_id` / `ordinal` get them from the file
+and the row number.
 """
 from __future__ import annotations
 
@@ -13,10 +14,8 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from pipeline import fs, ledger
-from pipeline.stage import Params, Resources, Stage
-
-from .sources import SourceError
+from . import fs, ledger
+from .stage import Params, Resources, SourceError, Stage
 
 BATCH_ROWS = 4096
 STREAM_BLOCK = 64 << 20
@@ -31,6 +30,7 @@ class IngestTable(Stage):
     name = "ingest_table"
     Params = IngestTableParams
     resources = Resources(num_cpus=1, batch_size=1024)
+    open_columns = True  # the table's own columns: known once it is listed
 
     def _batches(self, uri: str) -> Iterator[pa.RecordBatch]:
         filesystem, path = fs.resolve(uri)

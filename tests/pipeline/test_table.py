@@ -5,8 +5,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stages.ingest.sources import SourceError
-from stages.ingest.table import IngestTable
+from pipeline.stage import SourceError
+from pipeline.table import IngestTable
 
 
 def _list(path, **kw):

@@ -1,0 +1,109 @@
+"""Media by reference: bytes are written once, into the run's content-addressed store.
+
+A media column holds references (schemas.MEDIA_REF: uri, offset, size) between
+segments, never bytes: a segment that does not change a media column does not
+rewrite it, a shuffle that moves rows moves a few dozen bytes per media value, and
+a two-gigabyte video is a range of a file, not an Arrow cell.
+
+Stages still see bytes. For each batch the runner resolves the media columns a
+stage declares it reads into bytes (`resolve`), and stores the media columns a
+stage declares it adds (`store`): the bytes go to `<output>/media/<sha256[:2]>/<sha256>`,
+written only when that object is not there yet, and the column becomes references.
+"""
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pyarrow as pa
+
+from schemas import MEDIA_REF
+
+from . import fs
+
+READ_THREADS = 16  # object stores answer one small read at a time: overlap them
+
+
+def is_ref(data_type: pa.DataType) -> bool:
+    return data_type == MEDIA_REF
+
+
+def ref(uri: str, size: int, offset: int = 0) -> dict[str, Any]:
+    return {"uri": uri, "offset": offset, "size": size}
+
+
+def read(value: dict[str, Any] | None) -> bytes | None:
+    """The bytes a reference points at."""
+    if value is None:
+        return None
+    return fs.read_range(value["uri"], value["offset"], value["size"])
+
+
+def read_all(values: list[dict | None]) -> list[bytes | None]:
+    if len(values) < 4 or all(v is None or fs.is_local(v["uri"]) for v in values):
+        return [read(v) for v in values]
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        return list(pool.map(read, values))
+
+
+def sizes(table: pa.Table) -> int:
+    """Media bytes a table references (the shard writer sizes shards by them)."""
+    import pyarrow.compute as pc
+
+    total = 0
+    for f in table.schema:
+        if is_ref(f.type):
+            total += pc.sum(pc.struct_field(table.column(f.name), "size")).as_py() or 0
+    return total
+
+
+class Store:
+    """The run's content-addressed media store; `put` returns a reference and the bytes it wrote."""
+
+    def __init__(self, root: str):
+        self.root = root
+
+    def put(self, data: bytes) -> tuple[dict[str, Any], int]:
+        digest = hashlib.sha256(data).hexdigest()
+        uri = fs.join(self.root, digest[:2], digest)
+        if fs.exists(uri):  # the same bytes from another row, stage or run: already there
+            return ref(uri, len(data)), 0
+        fs.write_bytes(uri, data)
+        return ref(uri, len(data)), len(data)
+
+
+def resolve(table: pa.Table, columns: list[str]) -> pa.Table:
+    """The named reference columns as bytes (large_binary), for a stage that reads them."""
+    from .ledger import set_column
+
+    for name in columns:
+        if name in table.column_names and is_ref(table.schema.field(name).type):
+            data = read_all(table.column(name).to_pylist())
+            table = set_column(table, name, pa.array(data, pa.large_binary()))
+    return table
+
+
+def store(table: pa.Table, columns: list[str], media: Store) -> tuple[pa.Table, int]:
+    """The named byte columns written to the store and replaced by references; bytes written."""
+    from .ledger import set_column
+
+    written = 0
+    for name in columns:
+        if name not in table.column_names:
+            continue
+        kind = table.schema.field(name).type
+        if is_ref(kind) or pa.types.is_null(kind):
+            continue
+        if not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
+            raise TypeError(f"media column {name!r} holds {kind}, not bytes")
+        refs = []
+        for data in table.column(name).to_pylist():
+            if data is None:
+                refs.append(None)
+                continue
+            r, n = media.put(data)
+            refs.append(r)
+            written += n
+        table = set_column(table, name, pa.array(refs, MEDIA_REF))
+    return table, written
