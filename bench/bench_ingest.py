@@ -134,20 +134,26 @@ def pillow_venv() -> str:
 
 
 def shard_write(table: pa.Table, tmp: str) -> tuple[float, float, int, int]:
+    """The shard writer on rows whose images are in a media store (as in a run), against a
+    plain copy of the same bytes read from the same store into one file."""
+    from pipeline import media
+    from stages.ingest.image_text import IngestImageText
     from stages.shard.webdataset import _Bucketer, _ShardWriter
 
+    table, _ = media.store(table, ["image"], media.Store(os.path.join(tmp, "media")))
+    columns = {c.name: c for c in IngestImageText(source="x").adds()}
     t = _Bucketer(1)(table)
     t0 = time.perf_counter()
-    stats = _ShardWriter(tmp)(t)
+    stats = _ShardWriter(tmp, columns)(t)
     shard_s = time.perf_counter() - t0
     nbytes = stats.column("bytes")[0].as_py()
-    payload = [b for b in table.column("image").to_pylist()]
+    refs = [r for r in table.column("image").to_pylist() if r]
     t0 = time.perf_counter()
     with open(os.path.join(tmp, "copy.bin"), "wb") as f:
-        for b in payload:
-            f.write(b)
+        for r in refs:
+            f.write(media.read(r))
     copy_s = time.perf_counter() - t0
-    return shard_s, copy_s, nbytes, sum(len(b) for b in payload)
+    return shard_s, copy_s, nbytes, sum(r["size"] for r in refs)
 
 
 def main() -> None:

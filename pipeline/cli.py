@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=f"{ep.value} (`mmcurate {name} -h`)", add_help=False)
 
     p = sub.add_parser("report", help="write RUN_DIR/report/index.html and report.json",
-                       description="The funnel, metric histograms, the representation table and thumbnails of "
+                       description="The funnel, metric histograms, sections the stages add and previews of "
                                    "kept and rejected samples, as one self-contained HTML page and a JSON file.")
     p.add_argument("run_dir")
     p.set_defaults(fn=cmd_report)

@@ -4,7 +4,7 @@
     output: runs/demo
     ray: {num_cpus: 2}
     stages:
-      - ingest_image_text: {source: runs/demo-data/manifest.jsonl}
+      - ingest_table: {source: rows.parquet}
       - shard_webdataset: {samples_per_shard: 64}
 """
 from __future__ import annotations

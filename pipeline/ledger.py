@@ -93,6 +93,14 @@ def _loads(meta: str | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"meta": value}
 
 
+class Rejected(Exception):
+    """Raised by a stage's helpers for one row: the row is rejected with this reason and detail."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
 def child_id(parent_id: str, locator: str) -> str:
     """A child's id: from its parent's id and where in the parent it is (`t=12.00-18.50`,
     a path, `func:Greeter.greet`), so that a rerun gives the same ids."""

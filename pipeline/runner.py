@@ -567,7 +567,7 @@ class Runner:
     def _run_as_tasks(self, seg: Segment, ctx: RunContext, journal: str, writer: "SegmentWriter"):
         """Stateless row stages: one Ray task per committed part runs the whole chain.
 
-        Measured on 2 cores (2,000 images): 2.3 s, where Ray Data's streaming
+        Measured on 2 cores (2,000 photographs): 2.3 s, where Ray Data's streaming
         executor took 4.1 s fused and 5-6 s as one operator per stage; Ray Data
         stays for actor pools and shuffles. Retries are Ray's; the crash journal
         makes each retry progress, so the bound only stops a part that cannot

@@ -27,8 +27,8 @@ PARTITION = "_partition"
 PART = "_part"  # the index of the part a row came from (tag_parts)
 MAP_TASKS = 32  # map tasks per shuffle
 PARTS_PER_APPLY = 8  # parts one apply task reads and writes
-# The columns of the last shuffles of committed parts, for diagnostics (and the test that
-# no global stage moves a media column).
+# What the last shuffles of committed parts read from them ({"reduce", "columns"}; None =
+# every column), for diagnostics and for the test that no global stage moves a media column.
 recent = deque(maxlen=200)
 
 
@@ -85,7 +85,8 @@ def hash_partition(parts: list, n: int, assign: Callable[[pa.Table], np.ndarray]
 
     sources = [(i, p) if i < tag_first else p for i, p in enumerate(parts)]
     if any(isinstance(p, str) for p in parts):
-        recent.append(list(columns) if columns is not None else None)
+        recent.append({"reduce": getattr(reduce, "__qualname__", type(reduce).__name__),
+                       "columns": list(columns) if columns is not None else None})
     split = ray.remote(_split).options(num_returns=n, num_cpus=num_cpus)
     reducer = ray.remote(_reduce).options(num_cpus=num_cpus)
     # A few sources per map task: parts x n objects grow fast (782 parts x 18 partitions

@@ -70,15 +70,17 @@ class DedupExact(Stage):
 
     def keys(self, table: pa.Table) -> list[str | None]:
         p = self.params
-        if "_key" in table.column_names:  # an index's rows carry their key
-            return table.column("_key").to_pylist()
-        content = table.column("content_sha256").to_pylist() if p.key in ("content", "both") else None
-        text = [text_key(t) for t in table.column(p.text_column).to_pylist()] if p.key in ("text", "both") else None
-        if p.key == "content":
-            return content
-        if p.key == "text":
-            return text
-        return [None if c is None or t is None else f"{c}:{t}" for c, t in zip(content, text)]
+        n = table.num_rows
+        given = table.column("_key").to_pylist() if "_key" in table.column_names else [None] * n  # an index's rows
+
+        def col(name: str) -> list:
+            return table.column(name).to_pylist() if name in table.column_names else [None] * n
+
+        content = col("content_sha256") if p.key in ("content", "both") else None
+        text = [text_key(t) for t in col(p.text_column)] if p.key in ("text", "both") else None
+        made = content if p.key == "content" else text if p.key == "text" else \
+            [None if c is None or t is None else f"{c}:{t}" for c, t in zip(content, text)]
+        return [g if g is not None else m for g, m in zip(given, made)]
 
     def size_of(self, table: pa.Table) -> list:
         if "original_bytes" in table.column_names:

@@ -27,9 +27,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import fs, ledger
-from pipeline.shuffle import PART, apply_by_part, hash_partition, map_tables, partition_of
-from pipeline.watchdog import gather
+from pipeline.shuffle import (
+    PART,
+    apply_by_part,
+    hash_partition,
+    map_tables,
+    partition_of,
+)
 from pipeline.stage import Resources, Stage
+from pipeline.watchdog import gather
 
 from .keep import labels, rank_columns
 

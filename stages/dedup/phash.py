@@ -24,7 +24,6 @@ rule, index.
 """
 from __future__ import annotations
 
-import io
 import itertools
 import math
 from typing import Any, Literal
@@ -36,9 +35,10 @@ from PIL import Image
 from pydantic import Field
 
 from pipeline.shuffle import hash_partition, map_tables
+from stages.ingest.image import open_image
 
-from .minhash import _mix64, jaccard, shingle_hashes
 from .keep import DedupParams
+from .minhash import _mix64, jaccard, shingle_hashes
 from .near import NearDuplicates, by_column, edges_table, verify_pairs
 
 CROP_STEPS = (0.0, 0.05, 0.1)  # cut per side; the full image first
@@ -69,9 +69,7 @@ def _pack(bits: np.ndarray) -> np.ndarray:
 
 def gray(data: bytes) -> Image.Image:
     """The image as grayscale, shrunk cheaply (JPEG draft mode, then reduce) to about _WORK_SIZE."""
-    im = Image.open(io.BytesIO(data))
-    im.draft("L", (_WORK_SIZE, _WORK_SIZE))
-    im = im.convert("L")
+    im = open_image(data, "L", least=_WORK_SIZE)
     factor = min(im.size) // _WORK_SIZE
     return im.reduce(factor) if factor > 1 else im
 

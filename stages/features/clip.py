@@ -13,19 +13,27 @@ works without Ray (bench/bench_clip.py runs it so on a GPU machine).
 """
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image, ImageOps
+from PIL import Image
 from pydantic import Field, field_validator
 
 from pipeline import ledger
-
 from pipeline.stage import Column
+from stages.ingest.image import open_image
 
-from .common import random_weights_warning, ModelParams, ModelStage, embedding_column, pick_device, pick_dtype, record_models, unit_rows
+from .common import (
+    ModelParams,
+    ModelStage,
+    embedding_column,
+    pick_device,
+    pick_dtype,
+    random_weights_warning,
+    record_models,
+    unit_rows,
+)
 from .models import ModelError, check_clip, image_size_of, load_clip
 
 PIXELS = "__tmp_clip_pixels"
@@ -33,9 +41,7 @@ PIXELS = "__tmp_clip_pixels"
 
 def clip_pixels(data: bytes, size: int) -> np.ndarray:
     """(size, size, 3) uint8: shorter side resized to size (bicubic), centre crop."""
-    im = Image.open(io.BytesIO(data))
-    im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, still >= size
-    im = ImageOps.exif_transpose(im).convert("RGB")
+    im = open_image(data, "RGB", least=size)
     w, h = im.size
     scale = size / min(w, h)
     rw, rh = max(size, round(w * scale)), max(size, round(h * scale))

@@ -11,10 +11,17 @@ import pyarrow as pa
 from pydantic import Field, field_validator
 
 from pipeline import ledger
-
 from pipeline.stage import Column
 
-from .common import ModelParams, ModelStage, embedding_column, pick_device, pick_dtype, record_models, unit_rows
+from .common import (
+    ModelParams,
+    ModelStage,
+    embedding_column,
+    pick_device,
+    pick_dtype,
+    record_models,
+    unit_rows,
+)
 from .models import ModelError, check_sentence, load_sentence
 
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from pipeline import ledger
-from pipeline.stage import Column, RowParams, Resources, Stage
+from pipeline.stage import Column, Resources, RowParams, Stage
 
 PLACEHOLDERS = {"image", "images", "photo", "photos", "picture", "pic", "img", "untitled", "no title", "no caption",
                 "caption", "null", "none", "n/a", "na", "placeholder", "stock photo", "stock image", "thumbnail",

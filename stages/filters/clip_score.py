@@ -103,9 +103,9 @@ def _scores(table: pa.Table, column: str) -> np.ndarray:
 
 @_remote
 def _count_valid(part: str, column: str) -> int:
-    from pipeline import fs
-
     import pyarrow.parquet as pq
+
+    from pipeline import fs
 
     filesystem, path = fs.resolve(part)
     return int((~np.isnan(_scores(pq.read_table(path, filesystem=filesystem, columns=[column]), column))).sum())

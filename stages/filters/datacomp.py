@@ -11,7 +11,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from pipeline import ledger
-from pipeline.stage import RowParams, Resources, Stage
+from pipeline.stage import Resources, RowParams, Stage
 
 
 class FilterDatacompBasicParams(RowParams):

@@ -16,25 +16,22 @@ the row is kept, for the report.
 """
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pyarrow as pa
 from PIL import Image
 from pydantic import Field
 
 from pipeline import ledger
-from pipeline.stage import Column, RowParams, Resources, Stage
+from pipeline.stage import Column, Resources, RowParams, Stage
+from stages.ingest.image import open_image
 
 MEASURE_SIZE = 512
 
 
 def measure(data: bytes) -> tuple[float, float, int, int]:
     """(entropy bits, Laplacian variance, width, height) of an encoded image."""
-    im = Image.open(io.BytesIO(data))
-    w, h = im.size
-    im.draft("L", (MEASURE_SIZE, MEASURE_SIZE))
-    g = im.convert("L")
+    g = open_image(data, "L", least=MEASURE_SIZE)
+    w, h = g.info["original_size"]
     if max(g.size) > MEASURE_SIZE:
         g.thumbnail((MEASURE_SIZE, MEASURE_SIZE), Image.Resampling.BILINEAR)
     a = np.asarray(g, dtype=np.float64)

@@ -25,7 +25,8 @@ from PIL import Image, ImageFilter
 from pydantic import Field
 
 from pipeline import ledger
-from pipeline.stage import Column, RowParams, Resources, Stage
+from pipeline.stage import Column, Resources, RowParams, Stage
+from stages.ingest.image import open_image
 
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _HEX = r"[0-9a-f]{1,4}"
@@ -168,8 +169,7 @@ class BlurFaces(Stage):
         images, counts, rejects = [], [], []
         for data, fmt in zip(batch.column(p.image_column).to_pylist(), formats):
             try:
-                im = Image.open(io.BytesIO(data))
-                im.load()
+                im = open_image(data, "RGB")
                 boxes = detect_faces(im, p.min_face, p.min_neighbors)
             except Exception as e:  # noqa: BLE001 - this row's problem only
                 images.append(data)
@@ -178,8 +178,8 @@ class BlurFaces(Stage):
                 continue
             if boxes:
                 out = io.BytesIO()
-                kind = "WEBP" if (fmt or im.format or "").lower() == "webp" else "JPEG"
-                blur_boxes(im.convert("RGB"), boxes).save(out, format=kind, quality=p.quality)
+                kind = "WEBP" if (fmt or "").lower() == "webp" else "JPEG"
+                blur_boxes(im, boxes).save(out, format=kind, quality=p.quality)
                 data = out.getvalue()
             images.append(data)
             counts.append(len(boxes))

@@ -15,7 +15,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from pipeline import ledger
-from pipeline.stage import RowParams, Resources, Stage
+from pipeline.stage import Resources, RowParams, Stage
 
 
 def wordlist() -> list[str]:

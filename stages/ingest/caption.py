@@ -4,24 +4,22 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from pipeline.ledger import Rejected
+
 _WHITESPACE = re.compile(r"\s+")
 # Invisible characters with no meaning in a caption (the ZWJ of emoji sequences stays).
 _INVISIBLE = dict.fromkeys(map(ord, "\ufeff\u200b\u2060"), None)
 
 
-class CaptionRejected(Exception):
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason, self.detail = reason, detail
 
 
 def normalize_caption(raw: bytes | str | None, invalid_utf8: str = "repair") -> str:
-    """Normalised caption, or CaptionRejected (missing, invalid UTF-8, empty).
+    """Normalised caption, or Rejected (missing, invalid UTF-8, empty).
 
     invalid_utf8: "repair" replaces undecodable bytes with U+FFFD, "reject" rejects.
     """
     if raw is None:
-        raise CaptionRejected("missing_caption", "no caption for this sample")
+        raise Rejected("missing_caption", "no caption for this sample")
     if isinstance(raw, str):
         # Manifests are read with surrogateescape, so invalid bytes survive as surrogates.
         raw = raw.encode("utf-8", "surrogateescape")
@@ -29,7 +27,7 @@ def normalize_caption(raw: bytes | str | None, invalid_utf8: str = "repair") -> 
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         if invalid_utf8 == "reject":
-            raise CaptionRejected("invalid_utf8", f"caption is not valid UTF-8: {e}") from None
+            raise Rejected("invalid_utf8", f"caption is not valid UTF-8: {e}") from None
         text = raw.decode("utf-8", "replace")
     text = unicodedata.normalize("NFC", text).translate(_INVISIBLE)
     # Whitespace controls become spaces; every other control character goes.
@@ -37,5 +35,5 @@ def normalize_caption(raw: bytes | str | None, invalid_utf8: str = "repair") -> 
                    if ch in "\t\n\r\v\f" or unicodedata.category(ch) != "Cc")
     text = _WHITESPACE.sub(" ", text).strip()
     if not text:
-        raise CaptionRejected("empty_caption", "caption is empty after normalisation")
+        raise Rejected("empty_caption", "caption is empty after normalisation")
     return text

@@ -27,6 +27,7 @@ import urllib3
 import urllib3.connection
 
 from pipeline import __version__
+from pipeline.ledger import Rejected
 
 USER_AGENT = f"mmcurate/{__version__} (+https://github.com/mmcurate; image-text dataset curation)"
 REDIRECTS = (301, 302, 303, 307, 308)
@@ -40,10 +41,12 @@ RETRY_STATUS = (429, 500, 502, 503, 504)  # worth another try; 501, 505, 511 are
 RETRYABLE = {"connection_error"} | {f"http_{s}" for s in RETRY_STATUS}
 
 
-class DownloadError(Exception):
+class DownloadError(Rejected):
+    """A row's download failed (a reject), and how long the server asked us to wait."""
+
     def __init__(self, reason: str, detail: str, retry_after: float | None = None):
-        super().__init__(detail)
-        self.reason, self.detail, self.retry_after = reason, detail, retry_after
+        super().__init__(reason, detail)
+        self.retry_after = retry_after
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Decode, orient, convert, resize and re-encode one image with PIL.
 
-Every way an image can be bad maps to its own reason code (ImageRejected).
+Every way an image can be bad maps to its own reason code (Rejected).
 """
 from __future__ import annotations
 
@@ -11,13 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pipeline.ledger import Rejected
+
 ORIENTATION_TAG = 0x0112  # EXIF orientation; 5..8 swap width and height
-
-
-class ImageRejected(Exception):
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason, self.detail = reason, detail
 
 
 @dataclass
@@ -74,26 +70,26 @@ def _target(w: int, h: int, policy: str, size: int) -> tuple[int, int]:
 def decode_resize_encode(data: bytes, *, policy: str = "fit", size: int = 512, fmt: str = "jpg",
                          quality: int = 90, max_pixels: int = 89_478_485) -> Encoded:
     if not data:
-        raise ImageRejected("empty_file", "the file is empty (0 bytes)")
+        raise Rejected("empty_file", "the file is empty (0 bytes)")
     Image.MAX_IMAGE_PIXELS = max_pixels  # PIL's own check, applied before any pixel is decoded
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageRejected("decompression_bomb", str(e)) from None
+        raise Rejected("decompression_bomb", str(e)) from None
     except UnidentifiedImageError:
         head = data[:64].lstrip().lower()
         # Say what it looks like, never what it holds: the bytes could be anyone's file.
         kind = "an HTML/XML document" if head.startswith((b"<!doctype", b"<html", b"<?xml", b"<")) else \
             "text" if _looks_like_text(data[:512]) else "unrecognised binary data"
-        raise ImageRejected("not_an_image", f"not an image: {kind} ({len(data)} bytes)") from None
+        raise Rejected("not_an_image", f"not an image: {kind} ({len(data)} bytes)") from None
     except Exception as e:  # noqa: BLE001 - PIL raises many types on bad headers
-        raise ImageRejected("corrupt", f"bad image header: {type(e).__name__}: {e}") from None
+        raise Rejected("corrupt", f"bad image header: {type(e).__name__}: {e}") from None
 
     ow, oh = im.size
     if ow * oh > max_pixels:
-        raise ImageRejected("decompression_bomb", f"{ow}x{oh} = {ow * oh} pixels > max_pixels={max_pixels}")
+        raise Rejected("decompression_bomb", f"{ow}x{oh} = {ow * oh} pixels > max_pixels={max_pixels}")
     original_format = (im.format or "").lower()
     try:
         # JPEG keeps EXIF in the header; other formats may need the pixels first.
@@ -107,9 +103,9 @@ def decode_resize_encode(data: bytes, *, policy: str = "fit", size: int = 512, f
         im.load()
     except OSError as e:
         reason = "truncated" if "truncated" in str(e) else "corrupt"
-        raise ImageRejected(reason, f"{original_format or 'image'} does not decode: {e}") from None
+        raise Rejected(reason, f"{original_format or 'image'} does not decode: {e}") from None
     except Exception as e:  # noqa: BLE001 - decoders raise SyntaxError, ValueError, ...
-        raise ImageRejected("corrupt", f"{original_format or 'image'} does not decode: {type(e).__name__}: {e}") from None
+        raise Rejected("corrupt", f"{original_format or 'image'} does not decode: {type(e).__name__}: {e}") from None
 
     try:
         if orientation is None:
@@ -130,7 +126,7 @@ def decode_resize_encode(data: bytes, *, policy: str = "fit", size: int = 512, f
             canvas.paste(im, ((size - tw) // 2, (size - th) // 2))
             im = canvas
     except Exception as e:  # noqa: BLE001 - bad EXIF or an unconvertible mode
-        raise ImageRejected("corrupt", f"{original_format or 'image'} cannot be converted: {type(e).__name__}: {e}") from None
+        raise Rejected("corrupt", f"{original_format or 'image'} cannot be converted: {type(e).__name__}: {e}") from None
 
     out = io.BytesIO()
     if fmt == "webp":
@@ -140,12 +136,25 @@ def decode_resize_encode(data: bytes, *, policy: str = "fit", size: int = 512, f
     return Encoded(out.getvalue(), fmt, im.width, im.height, ow, oh, original_format)
 
 
+def open_image(data: bytes, mode: str = "RGB", least: int | None = None) -> Image.Image:
+    """The one way stages decode an image: EXIF orientation applied, converted to `mode`
+    (RGB: alpha on white, 16-bit scaled). With `least`, JPEG draft mode decodes at
+    1/2..1/8 scale, never below `least` px a side: a small copy costs a fraction of a
+    full decode. The image's size before any of that is in info["original_size"]."""
+    im = Image.open(io.BytesIO(data))
+    size = im.size
+    if least:
+        im.draft(mode if mode in ("RGB", "L") else None, (least, least))
+    im = ImageOps.exif_transpose(im)
+    im = _to_rgb(im) if mode == "RGB" else im.convert(mode)
+    im.info["original_size"] = size
+    return im
+
+
 def preview(data: bytes, side: int = 96) -> bytes | None:
     """A small JPEG of an image, for the report; None when the bytes do not decode."""
     try:
-        im = Image.open(io.BytesIO(data))
-        im.draft("RGB", (side, side))
-        im = _to_rgb(ImageOps.exif_transpose(im))
+        im = open_image(data, "RGB", least=side)
         im.thumbnail((side, side))
         out = io.BytesIO()
         im.save(out, format="JPEG", quality=70)

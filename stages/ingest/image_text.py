@@ -15,13 +15,13 @@ import pyarrow as pa
 from pydantic import Field
 
 from pipeline import fs, ledger
-from pipeline.stage import Column, RowParams, Resources, Stage
+from pipeline.stage import Column, Resources, RowParams, Stage
 from schemas.image_text import IMAGE_TEXT
 
 from . import sources
-from .caption import CaptionRejected, normalize_caption
-from .download import DownloadError, Downloader, Policy
-from .image import ImageRejected, decode_resize_encode, preview
+from .caption import normalize_caption
+from .download import Downloader, DownloadError, Policy
+from .image import decode_resize_encode, preview
 
 BATCH_ROWS = 1024
 # Listing columns that only locate the media; kept so that rejects show them.
@@ -158,10 +158,10 @@ class IngestImageText(Stage):
         def settle(i: int, fetched: bytes | DownloadError | None = None) -> None:
             try:
                 results[i] = (self._load(rows[i], fetched), None)
-            except (ImageRejected, CaptionRejected) as e:
-                results[i] = ({}, ledger.reject(e.reason, f"{rows[i]['source_uri']}: {e.detail}"))
-            except DownloadError as e:
+            except DownloadError as e:  # its detail names the URL already
                 results[i] = ({}, ledger.reject(e.reason, e.detail))
+            except ledger.Rejected as e:
+                results[i] = ({}, ledger.reject(e.reason, f"{rows[i]['source_uri']}: {e.detail}"))
 
         # URLs download concurrently and each is decoded as soon as it arrives; files are read in turn.
         urls = [i for i, r in enumerate(rows) if r["path"] and r["path"].startswith(("http://", "https://"))]
@@ -184,7 +184,7 @@ class IngestImageText(Stage):
             try:
                 caption_raw = fs.read_bytes(row["_caption_path"])
             except OSError as e:
-                raise CaptionRejected("unreadable_caption", f"{row['_caption_path']}: {e}") from None
+                raise ledger.Rejected("unreadable_caption", f"{row['_caption_path']}: {e}") from None
         caption = normalize_caption(caption_raw, p.invalid_utf8)
         if isinstance(fetched, DownloadError):
             raise fetched
@@ -214,12 +214,12 @@ class IngestImageText(Stage):
                 return fs.read_range(path, row["_tar_offset"], row["_tar_size"])
             if fs.is_local(path) and os.path.realpath(path) != path:
                 # listing stored the real path, checked against the roots; a link now in its place is not ours
-                raise ImageRejected("path_outside_root", "the path became a symbolic link after listing")
+                raise ledger.Rejected("path_outside_root", "the path became a symbolic link after listing")
             return fs.read_bytes(path)
         except FileNotFoundError:
-            raise ImageRejected("missing_file", "file not found") from None
+            raise ledger.Rejected("missing_file", "file not found") from None
         except OSError as e:
-            raise ImageRejected("unreadable_file", f"cannot read: {e}") from None
+            raise ledger.Rejected("unreadable_file", f"cannot read: {e}") from None
 
 
 def _user_name(column: str) -> str:

@@ -209,3 +209,27 @@ def test_demo_report_renders_in_headless_chromium(demo_run, tmp_path):
     for seg in summary["segments"]:
         assert f"<td class=\"n\">{seg['in']}</td><td class=\"n\">{seg['kept']}</td>" in dom
     assert "random weights" in dom and "Rejected: dedup_phash: duplicate" in dom
+
+
+def test_media_is_written_once_and_no_global_shuffle_moves_it(demo_run, full_demo_data):
+    """Bytes written before the shards stay within 1.3x the ingested image bytes (3.6x when
+    every segment rewrote the images), and global stages shuffle only narrow columns."""
+    from pipeline import fs, shuffle
+
+    out, summary = demo_run
+    first = [d for d in sorted(os.listdir(os.path.join(out, "stages"))) if d.startswith("01-")][0]
+    import pyarrow.compute as pc
+
+    ingested = sum(pc.sum(t.column("image_bytes")).as_py() or 0
+                   for t in (fs.read_parquet_dir(os.path.join(out, d, first), ["image_bytes"])
+                             for d in ("stages", "rejects")) if t is not None)
+
+    def size(folder: str) -> int:
+        return sum(os.path.getsize(os.path.join(b, f)) for b, _, fs_ in os.walk(os.path.join(out, folder))
+                   for f in fs_)
+
+    before_shards = sum(size(d) for d in ("stages", "rejects", "expanded", "media", "index"))
+    assert before_shards <= 1.3 * ingested, (before_shards, ingested)
+    assert sum(s["bytes_written"] for s in summary["segments"][:-1]) <= before_shards
+    global_shuffles = [s for s in shuffle.recent if s["reduce"] != "_SliceWriter"]
+    assert global_shuffles and all(s["columns"] is not None and "image" not in s["columns"] for s in global_shuffles)

@@ -98,3 +98,24 @@ def test_messages_about_huge_values_stay_short():
     with pytest.raises(JobError) as e:
         parse_job({"name": "t", "stages": [{"ingest_image_text": {"source": "m"}}], "ray": nested})
     assert len(str(e.value)) < 3000 and time.time() - t0 < 2
+
+
+def test_a_stage_that_reads_a_column_no_stage_before_it_adds_is_refused(tmp_path):
+    job = {"name": "t", "stages": [{"ingest_image_text": {"source": "m.jsonl"}}, {"filter_clip_score": {"threshold": 0.2}},
+                                   {"embed_clip": {}}]}
+    with pytest.raises(JobError, match=r"stages\[2\]: stage 'filter_clip_score' reads column 'clip_score', which no "
+                                       r"stage before it adds; embed_clip adds it: put it before"):
+        parse_job(job, "j.yaml")
+    job["stages"] = [job["stages"][0], job["stages"][2], job["stages"][1]]
+    assert [s.name for s in parse_job(job).stages][-1] == "filter_clip_score"  # in order, it is fine
+
+
+def test_mmcurate_run_refuses_the_job_naming_the_stage_and_the_column(tmp_path):
+    import subprocess
+
+    path = tmp_path / "job.yaml"
+    path.write_text("name: t\nstages:\n  - ingest_image_text: {source: m.jsonl}\n  - dedup_minhash: {text_column: body}\n")
+    res = subprocess.run([os.path.join(ROOT, ".venv", "bin", "mmcurate"), "run", str(path), "--output",
+                          str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "stage 'dedup_minhash' reads column 'body'" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "o").exists()

@@ -82,3 +82,28 @@ def test_stage_command_on_ray_keeps_input_columns(ray_session, tmp_path, monkeyp
     kept_ids = set(kept.column("sample_id").to_pylist())
     assert set(rejects.column("duplicate_of").to_pylist()) <= kept_ids
     assert ledger.audit(out)["ok"]
+
+
+def test_an_index_and_against_remove_copies_of_an_earlier_run(ray_session, tmp_path):
+    def docs(name, texts):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+        return str(path)
+
+    first, second = str(tmp_path / "first"), str(tmp_path / "second")
+    assert cli.main(["stage", "dedup_exact", "--input", docs("a.jsonl", ["alpha", "beta", "beta"]), "--output", first,
+                     "--set", "key=text", "--set", "text_column=text"]) == 0
+    index = os.path.join(first, "index", "dedup_exact")
+    assert fs.parquet_rows(index) == 2 and json.loads(fs.read_bytes(os.path.join(index, "index.json")))["key"] == "text"
+    assert cli.main(["stage", "dedup_exact", "--input", docs("b.jsonl", ["Alpha ", "gamma", "gamma", "delta"]),
+                     "--output", second, "--set", "key=text", "--set", "text_column=text",
+                     "--set", "against_reason=contaminated", "--against", index]) == 0
+    rejects = fs.read_parquet_dir(os.path.join(second, "rejects", "01-dedup_exact")).to_pylist()
+    assert sorted((r["text"], r["reject_reason"]) for r in rejects) == [("Alpha ", "contaminated"),
+                                                                       ("gamma", "duplicate")]
+    earlier = [r for r in rejects if r["reject_reason"] == "contaminated"][0]
+    assert "in an earlier index" in earlier["reject_detail"] and earlier["duplicate_of"]
+    assert ledger.audit(second)["ok"]
+    # an index made with another key is refused
+    assert cli.main(["stage", "dedup_exact", "--input", docs("c.jsonl", ["x"]), "--output", str(tmp_path / "c"),
+                     "--set", "key=content", "--against", index]) == 2

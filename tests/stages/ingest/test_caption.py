@@ -1,6 +1,7 @@
 import pytest
 
-from stages.ingest.caption import CaptionRejected, normalize_caption
+from pipeline.ledger import Rejected
+from stages.ingest.caption import normalize_caption
 
 
 def test_nfc_whitespace_and_controls():
@@ -9,7 +10,7 @@ def test_nfc_whitespace_and_controls():
 
 def test_invalid_utf8_repair_or_reject():
     assert normalize_caption(b"a\xffb") == "a\ufffdb"
-    with pytest.raises(CaptionRejected) as e:
+    with pytest.raises(Rejected) as e:
         normalize_caption(b"a\xffb", invalid_utf8="reject")
     assert e.value.reason == "invalid_utf8"
 
@@ -17,6 +18,6 @@ def test_invalid_utf8_repair_or_reject():
 @pytest.mark.parametrize("raw,reason", [(None, "missing_caption"), ("", "empty_caption"),
                                         ("\x00\x01 \t", "empty_caption")])
 def test_missing_and_empty(raw, reason):
-    with pytest.raises(CaptionRejected) as e:
+    with pytest.raises(Rejected) as e:
         normalize_caption(raw)
     assert e.value.reason == reason
