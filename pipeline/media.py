@@ -33,10 +33,10 @@ def ref(uri: str, size: int, offset: int = 0) -> dict[str, Any]:
     return {"uri": uri, "offset": offset, "size": size}
 
 
-def read(value: dict[str, Any] | None) -> bytes | None:
-    """The bytes a reference points at."""
-    if value is None:
-        return None
+def read(value: dict[str, Any] | bytes | None) -> bytes | None:
+    """The bytes a reference points at (bytes that came in as bytes, from a table, as they are)."""
+    if value is None or isinstance(value, (bytes, bytearray)):
+        return value
     return fs.read_range(value["uri"], value["offset"], value["size"])
 
 
@@ -55,6 +55,8 @@ def sizes(table: pa.Table) -> int:
     for f in table.schema:
         if is_ref(f.type):
             total += pc.sum(pc.struct_field(table.column(f.name), "size")).as_py() or 0
+        elif pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type):
+            total += pc.sum(pc.binary_length(table.column(f.name))).as_py() or 0
     return total
 
 

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from . import fs, ledger
-from .stage import Params, Resources, SourceError, Stage
+from .stage import Column, Params, Resources, SourceError, Stage
 
 BATCH_ROWS = 4096
 STREAM_BLOCK = 64 << 20
@@ -24,6 +24,8 @@ STREAM_BLOCK = 64 << 20
 class IngestTableParams(Params):
     source: str = Field(..., description="a .parquet, .jsonl or .csv file")
     modality: str = Field("text", description="modality written for rows that have none")
+    media: dict[str, str] = Field(default_factory=dict, description="columns of bytes and their member extension in "
+                                  "the shards ({audio: flac}, or {image: '@image_format'} to take it per row)")
 
 
 class IngestTable(Stage):
@@ -31,6 +33,9 @@ class IngestTable(Stage):
     Params = IngestTableParams
     resources = Resources(num_cpus=1, batch_size=1024)
     open_columns = True  # the table's own columns: known once it is listed
+
+    def adds(self) -> list[Column]:
+        return [Column(name, "media", format=fmt) for name, fmt in self.params.media.items()]
 
     def _batches(self, uri: str) -> Iterator[pa.RecordBatch]:
         filesystem, path = fs.resolve(uri)

@@ -121,3 +121,21 @@ def test_hostile_ids_never_become_member_paths(ray_session, tmp_path):
 def _jsons(out: str) -> list[bytes]:
     with tarfile.open(os.path.join(out, "shards", "shard-000000.tar")) as tf:
         return [tf.extractfile(m).read() for m in tf if m.name.endswith(".json")]
+
+
+def test_bytes_from_a_table_need_a_declared_format(ray_session, tmp_path):
+    """A column of bytes becomes a member only with its extension declared; never silently dropped."""
+    import pytest
+
+    from pipeline.table import IngestTable
+
+    pq.write_table(pa.table({"image": pa.array([b"\xff\xd8\xff fake jpeg %d" % i for i in range(5)], pa.binary()),
+                             "caption": [f"c{i}" for i in range(5)]}), tmp_path / "t.parquet")
+    with pytest.raises(ValueError, match="column 'image' holds bytes, but no stage of the job declares it"):
+        Runner(make_job(IngestTable(source=str(tmp_path / "t.parquet")), ShardWebDataset()), str(tmp_path / "a"),
+               log=lambda *a: None).run()
+    out = str(tmp_path / "b")
+    Runner(make_job(IngestTable(source=str(tmp_path / "t.parquet"), media={"image": "jpg"}), ShardWebDataset()), out,
+           log=lambda *a: None).run()
+    names = [n for ns in _tar_listing(os.path.join(out, "shards")).values() for n in ns]
+    assert sum(n.endswith(".jpg") for n in names) == 5
