@@ -154,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_audit)
 
     for name, ep in sorted(_commands().items()):
-        sub.add_parser(name, help=f"{ep.value} (`mmcurate {name} -h`)", add_help=False)
+        doc = (sys.modules[ep.load().__module__].__doc__ or ep.value).strip().splitlines()[0].rstrip(".")
+        sub.add_parser(name, help=f"{doc} (`mmcurate {name} -h`)", add_help=False)
 
     p = sub.add_parser("report", help="write RUN_DIR/report/index.html and report.json",
                        description="The funnel, metric histograms, sections the stages add and previews of "

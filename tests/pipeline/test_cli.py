@@ -20,7 +20,7 @@ def _run(*args):
     return subprocess.run([MMCURATE, *args], capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("cmd", [[], ["run"], ["stage"], ["stages"], ["audit"]])
+@pytest.mark.parametrize("cmd", [[], ["run"], ["stage"], ["stages"], ["audit"], ["report"], ["train"]])
 def test_help_on_every_command(cmd):
     res = _run(*cmd, "--help")
     assert res.returncode == 0 and "usage: mmcurate" in res.stdout
