@@ -138,15 +138,14 @@ def shard_write(table: pa.Table, tmp: str) -> tuple[float, float, int, int]:
     plain copy of the same bytes read from the same store into one file."""
     from pipeline import media
     from stages.ingest.image_text import IngestImageText
-    from stages.shard.webdataset import _Bucketer, _ShardWriter
+    from stages.shard.webdataset import _ShardWriter
 
     table, _ = media.store(table, ["image"], media.Store(os.path.join(tmp, "media")))
     columns = {c.name: c for c in IngestImageText(source="x").adds()}
-    t = _Bucketer(1)(table)
     t0 = time.perf_counter()
-    stats = _ShardWriter(tmp, columns)(t)
+    stats = _ShardWriter(tmp, "bench", columns)(0, table)
     shard_s = time.perf_counter() - t0
-    nbytes = stats.column("bytes")[0].as_py()
+    nbytes = stats["bytes"]
     refs = [r for r in table.column("image").to_pylist() if r]
     t0 = time.perf_counter()
     with open(os.path.join(tmp, "copy.bin"), "wb") as f:

@@ -32,7 +32,7 @@ PARTS_PER_APPLY = 8  # parts one apply task reads and writes
 recent = deque(maxlen=200)
 
 
-def _read(source, columns: list[str] | None) -> pa.Table:
+def read_columns(source, columns: list[str] | None) -> pa.Table:
     if not isinstance(source, str):
         return source
     if columns is None:
@@ -53,7 +53,7 @@ def _split(n: int, assign: Callable[[pa.Table], np.ndarray], columns: list[str] 
         index = None
         if isinstance(source, tuple):
             index, source = source
-        table = _read(source, columns)
+        table = read_columns(source, columns)
         if index is not None:
             table = table.append_column(PART, pa.array(np.full(table.num_rows, index, dtype=np.int64)))
         ids = pa.array(assign(table), type=pa.int64())
@@ -116,24 +116,28 @@ def join_decisions(table: pa.Table, decisions: pa.Table) -> pa.Table:
     return table
 
 
-def apply_by_part(parts: list[str], decisions: list, apply: Callable[[pa.Table], Any]) -> list[Any]:
+def apply_by_part(parts: list[str], decisions: list, apply: Callable[[pa.Table], Any], fetch: bool = True) -> list[Any]:
     """apply(part with its decisions joined) for every part, each part read whole once.
 
     decisions: table references with sample_id, PART and the decided columns (a
-    `reject`, a `cluster_id`...), as a shuffle with tag_first leaves them."""
+    `reject`, a `cluster_id`...), as a shuffle with tag_first leaves them. With
+    fetch=False, apply returns tables and what comes back is references to them,
+    one per group of parts, for a further shuffle."""
     n = max(1, -(-len(parts) // PARTS_PER_APPLY))
 
     def assign(t: pa.Table) -> np.ndarray:
         return (t.column(PART).to_numpy() // PARTS_PER_APPLY).astype(np.int64)
 
-    def reduce(p: int, t: pa.Table) -> list[Any]:
+    def reduce(p: int, t: pa.Table) -> list[Any] | pa.Table:
         out = []
         for k in range(p * PARTS_PER_APPLY, min(len(parts), (p + 1) * PARTS_PER_APPLY)):
             mine = t.filter(pc.equal(t.column(PART), k)) if t.num_rows else t
             result = apply(join_decisions(fs.read_parquet(parts[k]), mine))
-            out.append(result.to_pylist()[0] if isinstance(result, pa.Table) else result)  # a writer's counts
-        return out
+            out.append(result if not fetch else result.to_pylist()[0] if isinstance(result, pa.Table) else result)
+        return pa.concat_tables(out, promote_options="permissive") if not fetch else out
 
+    if not fetch:
+        return hash_partition(decisions, n, assign, reduce, fetch=False)
     return [r for group in hash_partition(decisions, n, assign, reduce) for r in group]
 
 
@@ -144,7 +148,7 @@ def map_tables(parts: list, fn: Callable[[pa.Table], pa.Table], num_cpus: float 
     import ray
 
     def run(source):
-        table = _read(source, columns)
+        table = read_columns(source, columns)
         return fn(media.resolve(table, columns) if columns else table)
 
     task = ray.remote(run)

@@ -1,33 +1,34 @@
 """Stage `shard_webdataset`: kept samples into WebDataset tars, an index and a manifest.
 
 Samples are ordered by a 64-bit hash of their sample_id, inside and across
-shards. The hash range is cut into S equal slices (S from the target samples
-and bytes per shard), one Ray task writes each slice, so the result is the
-same for the same input and parameters, however Ray lays out the blocks.
+shards, and every shard but the last holds exactly the same number of samples
+(samples_per_shard, fewer when that many would average more than bytes_per_shard
+of media). The result is the same for the same input and parameters, however Ray
+lays out the blocks.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
-import math
 import tarfile
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import Field
 
 from pipeline import fs, media
 from pipeline.ledger import SAFE_ID
-from pipeline.shuffle import hash_partition
+from pipeline.shuffle import PART, apply_by_part, hash_partition, read_columns
+from pipeline.watchdog import gather
 from pipeline.stage import Column, Params, Resources, Stage
 
 EMBEDDING_SUFFIX = "_emb"  # DESIGN.md: feature columns are <model family>_<input>_emb
 
-BUCKET = "_shard_bucket"
-ORDER = "_shard_order"
+SHARD = "_shard"  # the shard a row goes to, from its rank in the hash order
+BIN_BITS = 16
+ROWS_PER_RANKER = 500_000  # rows one ranking task sorts, about
 
 
 class ShardWebDatasetParams(Params):
@@ -37,22 +38,40 @@ class ShardWebDatasetParams(Params):
                                  description="target media bytes per shard (100 MB - 1 GB is common)")
 
 
-def order_key(sample_ids: pa.Array) -> np.ndarray:
+def order_key(sample_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """The 64-bit hash that orders samples in and across shards."""
     return np.array([int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "big")
                      for s in sample_ids.to_pylist()], dtype=np.uint64)
 
 
-class _Bucketer:
-    def __init__(self, shards: int):
-        self.shards = shards
+def _bins(sample_ids) -> np.ndarray:
+    """The top BIN_BITS of each order key: contiguous ranges of the hash order."""
+    return (order_key(sample_ids) >> np.uint64(64 - BIN_BITS)).astype(np.int64)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        order = order_key(batch.column("sample_id"))
-        # Equal slices of the hash range: bucket = floor(order * S / 2^64).
-        bucket = ((order >> np.uint64(32)).astype(np.float64) * self.shards / 2.0 ** 32).astype(np.int64)
-        bucket = np.minimum(bucket, self.shards - 1)
-        return batch.append_column(ORDER, pa.array(order)).append_column(BUCKET, pa.array(bucket))
+
+def _census(part: str, media_cols: list[str]) -> tuple[np.ndarray, int]:
+    """(rows per bin, media bytes) of one part, from its ids and media references only."""
+    t = read_columns(part, ["sample_id", *media_cols])
+    return np.bincount(_bins(t.column("sample_id")), minlength=1 << BIN_BITS), media.sizes(t)
+
+
+class _Ranker:
+    """Reduce side of the narrow shuffle: a group of contiguous bins, sorted by order key,
+    gives each row its global rank (the rows of earlier bins come first) and its shard."""
+
+    def __init__(self, first_rank: np.ndarray, per_shard: int):
+        self.first_rank, self.per_shard = first_rank, per_shard
+
+    def __call__(self, group: int, t: pa.Table) -> pa.Table:
+        if not t.num_rows:
+            return pa.table({"sample_id": pa.array([], pa.string()), PART: pa.array([], pa.int64()),
+                             SHARD: pa.array([], pa.int64())})
+        order = order_key(t.column("sample_id"))
+        idx = np.argsort(order, kind="stable")
+        first = self.first_rank[int(order[idx[0]] >> np.uint64(64 - BIN_BITS))]
+        shard = np.empty(len(idx), np.int64)
+        shard[idx] = (first + np.arange(len(idx))) // self.per_shard
+        return pa.table({"sample_id": t.column("sample_id"), PART: t.column(PART), SHARD: pa.array(shard)})
 
 
 class _HashingWriter(io.RawIOBase):
@@ -128,20 +147,22 @@ def members(schema: pa.Schema, columns: dict[str, Column]) -> tuple[list[str], l
 
 
 class _ShardWriter:
-    """Writes one hash slice as <tmp>/bucket-NNNNNN.tar plus its parquet index."""
+    """Reduce side of the wide shuffle: the rows of one shard, in hash order, written as
+    <tmp>/<name>-NNNNNN.tar plus its parquet index (None for no rows)."""
 
-    def __init__(self, tmp_dir: str, columns: dict[str, Column]):
-        self.tmp_dir, self.columns = tmp_dir, columns
+    def __init__(self, tmp_dir: str, name: str, columns: dict[str, Column]):
+        self.tmp_dir, self.name, self.columns = tmp_dir, name, columns
 
     def _extension(self, column: str, row: dict[str, Any]) -> str:
         fmt = self.columns[column].format
         return str(row[fmt[1:]]) if fmt.startswith("@") else fmt
 
-    def __call__(self, group: pa.Table) -> pa.Table:
-        group = group.take(pc.sort_indices(group, [(ORDER, "ascending")]))
-        bucket = group.column(BUCKET)[0].as_py()
-        group = group.drop_columns([ORDER, BUCKET])
-        base = fs.join(self.tmp_dir, f"bucket-{bucket:06d}")
+    def __call__(self, shard: int, group: pa.Table) -> dict[str, Any] | None:
+        if not group.num_rows:
+            return None
+        group = group.take(pa.array(np.argsort(order_key(group.column("sample_id")), kind="stable")))
+        group = group.drop_columns([c for c in (SHARD, PART) if c in group.column_names])
+        base = fs.join(self.tmp_dir, f"{self.name}-{shard:06d}")
         media_cols, texts, embeddings, scalars = members(group.schema, self.columns)
         filesystem, path = fs.resolve(base + ".tar")
         counts: dict[str, int] = {}
@@ -163,6 +184,7 @@ class _ShardWriter:
                 record = {c: row[c] for c in scalars if c != "meta"}
                 record["meta"] = json.loads(row["meta"]) if row.get("meta") else {}
                 _member(sink, f"{key}.json", json.dumps(record, ensure_ascii=False, sort_keys=True).encode())
+                counts["json"] = counts.get("json", 0) + 1
                 for col in embeddings:
                     if vectors[col][i] is not None:
                         _member(sink, f"{key}.{col}.npy", _npy(vectors[col][i]))
@@ -171,27 +193,8 @@ class _ShardWriter:
         index = group.select(scalars + texts + embeddings)
         index = index.add_column(0, "__key__", group.column("sample_id"))
         fs.write_parquet(base + ".parquet", index)
-        return pa.table({"bucket": [bucket], "samples": [group.num_rows], "bytes": [sink.size],
-                         "sha256": [sink.sha.hexdigest()], "first_key": [group.column("sample_id")[0].as_py()],
-                         "members": [json.dumps(counts, sort_keys=True)]})
-
-
-class _SliceWriter:
-    """Reduce side of the shuffle: one hash slice written as one shard (None when empty)."""
-
-    def __init__(self, tmp: str, shards: int, columns: dict[str, Column]):
-        self.tmp, self.shards, self.columns = tmp, shards, columns
-
-    def __call__(self, bucket: int, group: pa.Table) -> dict[str, Any] | None:
-        if not group.num_rows:
-            return None
-        return _ShardWriter(self.tmp, self.columns)(_Bucketer(self.shards)(group)).to_pylist()[0]
-
-
-def _slice_of(shards: int):
-    def assign(table: pa.Table) -> np.ndarray:
-        return _Bucketer(shards)(table).column(BUCKET).to_numpy()
-    return assign
+        return {"shard": shard, "samples": group.num_rows, "bytes": sink.size, "sha256": sink.sha.hexdigest(),
+                "first_key": group.column("sample_id")[0].as_py(), "members": counts}
 
 
 class ShardWebDataset(Stage):
@@ -200,29 +203,45 @@ class ShardWebDataset(Stage):
     Params = ShardWebDatasetParams
     resources = Resources(num_cpus=1, batch_size=256)
 
-    def shard_count(self, samples: int, media_bytes: int) -> int:
+    def per_shard(self, samples: int, media_bytes: int) -> int:
+        """Samples per shard: samples_per_shard, fewer when shards of that many would hold
+        more than bytes_per_shard of media on average."""
         p = self.params
-        return max(1, math.ceil(samples / p.samples_per_shard), math.ceil(media_bytes / p.bytes_per_shard))
+        if not samples or not media_bytes:
+            return p.samples_per_shard
+        return max(1, min(p.samples_per_shard, int(p.bytes_per_shard * samples // media_bytes)))
 
     def write(self, ds, ctx) -> dict[str, Any]:
+        """Exactly `per_shard` samples in every shard but the last, in the hash order of
+        their ids, whatever the parts: a census of the order keys by bin, then each row's
+        rank from a narrow shuffle by contiguous bins, then the rows by shard."""
+        import ray
+
         tmp = ctx.run.tmp_dir("shards", ctx.segment)
         fs.makedirs(tmp)
-        buckets: list[dict[str, Any]] = []
+        written: list[dict[str, Any]] = []
         if ctx.parts and ctx.upstream_kept:
-            n = self.shard_count(ctx.upstream_kept, ctx.upstream_bytes)
-            written = hash_partition(ctx.parts, n, _slice_of(n), _SliceWriter(tmp, n, ctx.columns))
-            buckets = [b for b in written if b is not None]
+            media_cols = [c for c, d in ctx.columns.items() if d.kind == "media"]
+            census = gather([ray.remote(_census).remote(part, media_cols) for part in ctx.parts])
+            counts = np.sum([c for c, _ in census], axis=0)
+            per_shard = self.per_shard(int(counts.sum()), sum(b for _, b in census))
+            first_rank = np.cumsum(counts) - counts
+            group_of_bin = np.cumsum(counts) // ROWS_PER_RANKER  # contiguous bins, about ROWS_PER_RANKER rows each
+            groups = int(group_of_bin[-1]) + 1
+            n_shards = -(-int(counts.sum()) // per_shard)
+            ctx.log(f"[mmcurate] {self.name}: {int(counts.sum())} samples into {n_shards} shards of {per_shard}")
+            ranked = hash_partition(ctx.parts, groups, lambda t: group_of_bin[_bins(t.column("sample_id"))],
+                                    _Ranker(first_rank, per_shard), fetch=False, columns=["sample_id"],
+                                    tag_first=len(ctx.parts))
+            rows = apply_by_part(ctx.parts, ranked, lambda t: t, fetch=False)
+            writer = _ShardWriter(tmp, self.params.name, ctx.columns)
+            written = [w for w in hash_partition(rows, n_shards, lambda t: t.column(SHARD).to_numpy(), writer)
+                       if w is not None]
         shards = []
-        filesystem, _ = fs.resolve(tmp)
-        for i, b in enumerate(sorted(buckets, key=lambda b: b["bucket"])):
-            name = f"{self.params.name}-{i:06d}"
-            src = fs.resolve(fs.join(tmp, f"bucket-{b['bucket']:06d}"))[1]
-            dst = fs.resolve(fs.join(tmp, name))[1]
-            filesystem.move(src + ".tar", dst + ".tar")
-            filesystem.move(src + ".parquet", dst + ".parquet")
-            entry = {"name": f"{name}.tar", "samples": b["samples"], "bytes": b["bytes"], "sha256": b["sha256"]}
-            stats = {**entry, "first_key": b["first_key"], "members": json.loads(b["members"]),
-                     "index": f"{name}.parquet"}
+        for w in sorted(written, key=lambda w: w["shard"]):
+            name = f"{self.params.name}-{w['shard']:06d}"
+            entry = {"name": f"{name}.tar", "samples": w["samples"], "bytes": w["bytes"], "sha256": w["sha256"]}
+            stats = {**entry, "first_key": w["first_key"], "members": w["members"], "index": f"{name}.parquet"}
             fs.write_bytes(fs.join(tmp, f"{name}_stats.json"), json.dumps(stats, indent=1).encode())
             shards.append(entry)
         total = sum(s["samples"] for s in shards)

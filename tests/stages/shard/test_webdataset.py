@@ -46,11 +46,41 @@ def test_same_input_same_shards(ray_session, demo_data, tmp_path):
     assert "caption" in index.column_names and "image" not in index.column_names
 
 
-def test_shard_count_follows_samples_and_bytes():
+def test_samples_per_shard_follows_samples_and_bytes():
     s = ShardWebDataset(samples_per_shard=100, bytes_per_shard=10_000_000)
-    assert s.shard_count(1, 0) == 1
-    assert s.shard_count(1000, 0) == 10
-    assert s.shard_count(10, 95_000_000) == 10  # bytes decide
+    assert s.per_shard(1, 0) == 100
+    assert s.per_shard(1000, 1000) == 100
+    assert s.per_shard(10, 95_000_000) == 1  # 9.5 MB a sample: one per shard keeps shards near 10 MB
+
+
+def test_every_shard_but_the_last_holds_exactly_n_in_hash_order(ray_session, demo_data, tmp_path):
+    """webdataset and img2dataset users count on N per shard; the layout of parts must not matter."""
+    from stages.shard.webdataset import order_key
+
+    outs = []
+    for size, per in ((7, 10), (64, 10), (256, 9)):
+        out = str(tmp_path / f"run-{size}")
+        import pipeline.runner as runner
+
+        before = runner.LISTING_ROWS_PER_PART
+        runner.LISTING_ROWS_PER_PART = size  # other part layouts, same shards
+        try:
+            Runner(make_job(IngestImageText(source=demo_data["manifest"], image_size=48),
+                            ShardWebDataset(samples_per_shard=per)), out, log=lambda *a: None).run()
+        finally:
+            runner.LISTING_ROWS_PER_PART = before
+        outs.append((out, per))
+    for out, per in outs:
+        manifest = json.load(open(os.path.join(out, "shards", "manifest.json")))["shards"]
+        assert [s["samples"] for s in manifest[:-1]] == [per] * (len(manifest) - 1)
+        assert 0 < manifest[-1]["samples"] <= per
+        keys = [k for name in _tar_listing(os.path.join(out, "shards")).values() for k in
+                dict.fromkeys(n.split(".")[0] for n in name)]
+        order = order_key(pa.array(keys))
+        assert (np.diff(order.astype(np.float64)) > 0).all()  # one hash order, inside and across shards
+        stats = json.load(open(os.path.join(out, "shards", manifest[0]["name"][:-4] + "_stats.json")))
+        assert stats["members"]["json"] == per
+    assert _tar_listing(os.path.join(outs[0][0], "shards")) == _tar_listing(os.path.join(outs[1][0], "shards"))
 
 
 def test_embeddings_become_npy_members_via_the_stage_command(ray_session, tmp_path):
