@@ -11,6 +11,8 @@ from __future__ import annotations
 import atexit
 import hashlib
 import json
+import logging
+import math
 import os
 import shutil
 import sys
@@ -34,7 +36,8 @@ from .lock import RunLock
 from .rundir import RunDir, SegmentFiles
 from .job import check_chain
 from .stage import Column, PrepareStep, Stage, code_digest, drop_temporary
-from .watchdog import SegmentStalled, Watchdog, progress, stalled, wait
+from .progress import Progress
+from .watchdog import SegmentStalled, Watchdog, stalled, wait
 
 LISTING_ROWS_PER_PART = 256  # small parts = enough blocks to keep every worker busy
 STORAGE_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
@@ -42,24 +45,61 @@ IO_CPUS = 0.25  # CPU share of the tasks that only read parts or write a segment
 
 
 # -- Ray -------------------------------------------------------------------
+# Workers show no progress bars of their own (model loading, downloads): progress is the runner's.
+QUIET_WORKERS = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+
+
+class _Unless(logging.Filter):
+    """Drops log records that a user cannot act on."""
+
+    def __init__(self, *fragments: str):
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(f in record.getMessage() or f in record.pathname for f in self.fragments)
+
+
+def quiet_ray() -> None:
+    """Ray's own chatter off the run's stderr: its Data progress lines (the runner reports
+    progress with the stages' names) and the token-auth notice of an embedded Ray."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.enable_operator_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its notices are about its own machinery
+    _quiet_token_notice()
+
+
+def _quiet_token_notice() -> None:
+    # An embedded Ray turns token authentication on (good) and says so on every start (noise).
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+        _Unless("Token authentication is enabled for this Ray cluster"))
+
+
 def connect_ray(address: str | None = None, num_cpus: int | None = None, object_store_mb: int = 2048) -> None:
     """Join a cluster (address or RAY_ADDRESS) or start an embedded Ray that we own."""
     import ray
 
     if ray.is_initialized():
+        quiet_ray()
         return
     # Workers read and write the same storage as the driver: hand them its S3 endpoint
     # and region (credentials come from each node's own environment).
     storage_env = {k: os.environ[k] for k in STORAGE_ENV if k in os.environ}
-    runtime_env = {"env_vars": storage_env} if storage_env else None
+    runtime_env = {"env_vars": {**storage_env, **QUIET_WORKERS}}
     address = address or os.environ.get("RAY_ADDRESS")
+    _quiet_token_notice()
     if address:
         ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
+        quiet_ray()
         return
     # Short path: Ray's socket names must fit in 107 bytes.
     tmp = tempfile.mkdtemp(prefix="mmcurate-ray-", dir=os.environ.get("MMCURATE_RAY_TMPDIR", "/tmp"))
     ray.init(num_cpus=num_cpus, _temp_dir=tmp, object_store_memory=object_store_mb << 20,
              include_dashboard=False, configure_logging=True, logging_level="WARNING", runtime_env=runtime_env)
+    quiet_ray()
 
     def _stop() -> None:
         ray.shutdown()
@@ -285,6 +325,22 @@ def _restore_refs(out: pa.Table, given: pa.Table, refs: dict[str, pa.ChunkedArra
     return out
 
 
+def _actor_class(stage: Stage, journal: str, key: str, media_root: str) -> type:
+    """StageCall for an actor pool, as a class named after the stage that holds its
+    arguments: Ray then shows the stage's name, and keeps no constructor arguments in
+    the object store (which it warns about for restartable actors)."""
+    def __init__(self) -> None:
+        StageCall.__init__(self, stage, journal, key, media_root)
+
+    return type(stage.name, (StageCall,), {"__init__": __init__, "__qualname__": stage.name})
+
+
+def _named_call(stage: Stage, journal: str, key: str, media_root: str) -> StageCall:
+    """A StageCall whose class bears the stage's name (Ray Data names operators by it)."""
+    named = type(stage.name, (StageCall,), {"__qualname__": stage.name})
+    return named(stage, journal, key, media_root)
+
+
 class SegmentWriter:
     """Last step of a segment: writes a block's kept, rejected and expanded rows, returns counts.
 
@@ -325,16 +381,45 @@ def _parts(segment_dir: str) -> list[str]:
             if i.path.endswith(".parquet")]
 
 
+MIN_SLICE_ROWS = 16  # a slice of a part smaller than this is not worth a task
+
+
+def slices(parts: list[str], workers: int) -> list[tuple[str, int, int]]:
+    """(part, first row, rows) pieces of the parts: whole parts when there are enough of
+    them, else cut so that every worker has some (120 rows in one part on 2 CPUs made
+    one busy CPU)."""
+    rows = {p: _rows_of(p) for p in parts}
+    total = sum(rows.values())
+    if len(parts) >= 2 * workers or not total:
+        return [(p, 0, n) for p, n in rows.items()]
+    size = max(MIN_SLICE_ROWS, math.ceil(total / (2 * workers)))
+    return [(p, start, min(size, n - start)) for p, n in rows.items() for start in range(0, n, size)]
+
+
+def _rows_of(part: str) -> int:
+    import pyarrow.parquet as pq
+
+    filesystem, path = fs.resolve(part)
+    return pq.read_metadata(path, filesystem=filesystem).num_rows
+
+
+def _read_slice(piece: tuple[str, int, int]) -> pa.Table:
+    part, start, n = piece
+    table = fs.read_parquet(part)
+    return table if (start, n) == (0, table.num_rows) else table.slice(start, n)
+
+
 def _read_parts(batch: pa.Table) -> pa.Table:
-    return pa.concat_tables([fs.read_parquet(u) for u in batch.column("part").to_pylist()], promote_options="permissive")
+    pieces = zip(*(batch.column(c).to_pylist() for c in ("part", "start", "rows")))
+    return pa.concat_tables([_read_slice(p) for p in pieces], promote_options="permissive")
 
 
 TASK_MAX_RETRIES = 64  # each crash of a poisoned row costs at most two attempts (see StageCall)
 
 
-def _run_part(part: str, calls: list[StageCall], writer: "SegmentWriter") -> dict[str, Any]:
-    """One part through a chain of stateless stages, batch by batch, then written."""
-    table = fs.read_parquet(part)
+def _run_part(piece: tuple[str, int, int], calls: list[StageCall], writer: "SegmentWriter") -> dict[str, Any]:
+    """One slice of a part through a chain of stateless stages, batch by batch, then written."""
+    table = _read_slice(piece)
     rows = table.num_rows
     for call in calls:
         size = call.stage.resources.batch_size
@@ -356,7 +441,7 @@ class RunContext:
     parts: list[str] = field(default_factory=list)  # the upstream segment's parquet parts
     writer: "SegmentWriter | None" = None  # for global stages that write their own output
     columns: dict[str, Column] = field(default_factory=dict)  # what the job's stages declared they add
-    log: Any = print  # progress lines of the stage's phases
+    phase: Any = print  # reports a step of a global stage ("components round 3")
 
 
 class Runner:
@@ -515,8 +600,9 @@ class Runner:
         tmp = rd.tmp_segment(seg.name)
         self.log(f"[mmcurate] {seg.name}: running on {upstream['kept']} rows")
         writer = SegmentWriter(tmp)
+        bar = Progress(seg.name, upstream["kept"])
         ctx = RunContext(rd, seg.name, upstream["kept"], upstream.get("kept_bytes", 0), tmp.kept,
-                         _parts(upstream["dir"]), writer, self.columns, self.log)
+                         _parts(upstream["dir"]), writer, self.columns, bar.phase)
         kept, kept_bytes, counts, extra = 0, 0, Counter(), {}
         expanded = born = written = 0
         if seg.kind == "sink":
@@ -545,13 +631,16 @@ class Runner:
                 stats = ds if isinstance(ds, list) else \
                     ds.map_batches(writer, batch_size=None, batch_format="pyarrow", num_cpus=IO_CPUS).iter_rows()
             for row in stats:
-                progress()
+                found = json.loads(row["rejects"])
+                bar.update(row["kept"] + sum(found.values()) + row["expanded"] - row["born"], row["kept"],
+                           sum(found.values()))
                 kept += row["kept"]
                 kept_bytes += row["kept_bytes"]
-                counts.update(json.loads(row["rejects"]))
-                expanded += row.get("expanded", 0)
-                born += row.get("born", 0)
-                written += row.get("written", 0)
+                counts.update(found)
+                expanded += row["expanded"]
+                born += row["born"]
+                written += row["written"]
+        bar.close()
         rejected = sum(counts.values())
         if seg.kind != "sink" and kept + rejected + expanded != upstream["kept"] + born:
             raise RuntimeError(f"{seg.name}: ledger out of balance: {upstream['kept']} rows in and {born} children "
@@ -574,33 +663,32 @@ class Runner:
         even be read.
         """
         import ray
-        from tqdm import tqdm
 
         calls = [StageCall(s, journal, s.fingerprint(), self.run_dir.media) for s in seg.stages]
-        task = ray.remote(_run_part).options(num_cpus=max(s.resources.num_cpus for s in seg.stages),
-                                             max_retries=TASK_MAX_RETRIES)
-        pending = [task.remote(part, calls, writer) for part in ctx.parts]
+        cpus = max(s.resources.num_cpus for s in seg.stages)
+        task = ray.remote(_run_part).options(num_cpus=cpus, max_retries=TASK_MAX_RETRIES, name=seg.name)
+        workers = max(1, int(ray.cluster_resources().get("CPU", 1) / max(cpus, 0.01)))
+        pending = [task.remote(piece, calls, writer) for piece in slices(ctx.parts, workers)]
         try:
-            with tqdm(total=ctx.upstream_kept, desc=seg.name, unit=" rows", file=sys.stderr, disable=None) as bar:
-                while pending:
-                    done, pending = wait(pending)
-                    for ref in done:
-                        row = ray.get(ref)
-                        bar.update(row["rows"])
-                        yield row
+            while pending:
+                done, pending = wait(pending)
+                for ref in done:
+                    yield ray.get(ref)
         finally:
             for ref in pending:  # a stalled or failed segment leaves no task behind
                 ray.cancel(ref, force=True)
 
     @staticmethod
     def _read(parts: list[str]):
-        """The parts as a Ray Dataset with one block per part: read_parquet would merge
-        small parts into one block and leave all but one worker idle. The read keeps
+        """The parts as a Ray Dataset with one block per slice of a part: read_parquet would
+        merge small parts into one block and leave all but one worker idle. The read keeps
         its own small CPU request so that Ray does not fuse it with the next step,
         which would bundle the list of parts itself into batches of batch_size."""
         import ray
 
-        items = ray.data.from_items([{"part": p} for p in parts], override_num_blocks=max(1, len(parts)))
+        pieces = slices(parts, max(1, int(ray.cluster_resources().get("CPU", 1))))
+        items = ray.data.from_items([{"part": p, "start": s, "rows": n} for p, s, n in pieces],
+                                    override_num_blocks=max(1, len(pieces)))
         return items.map_batches(_read_parts, batch_size=1, batch_format="pyarrow", num_cpus=IO_CPUS)
 
     def _map_stage(self, ds, stage: Stage, journal: str):
@@ -615,17 +703,15 @@ class Runner:
 
             if stage.has_prepare:  # CPU tasks feed the pool
                 prep = PrepareStep(stage)
-                ds = ds.map_batches(StageCall(prep, journal, prep.fingerprint(), self.run_dir.media),
-                                    batch_size=res.batch_size,
-                                    batch_format="pyarrow", num_cpus=res.num_cpus)
+                ds = ds.map_batches(_named_call(prep, journal, prep.fingerprint(), self.run_dir.media),
+                                    batch_size=res.batch_size, batch_format="pyarrow", num_cpus=res.num_cpus)
 
             # One block in flight per actor, so that an actor that started first does not
             # queue up the blocks meant for the others (batches within a block are
             # still prefetched while the model runs).
             pool = ray.data.ActorPoolStrategy(size=res.concurrency or 1, max_tasks_in_flight_per_actor=1)
-            return ds.map_batches(StageCall, fn_constructor_args=(stage, journal, key, self.run_dir.media),
-                                  compute=pool, **opts)
-        return ds.map_batches(StageCall(stage, journal, key, self.run_dir.media), **opts)
+            return ds.map_batches(_actor_class(stage, journal, key, self.run_dir.media), compute=pool, **opts)
+        return ds.map_batches(_named_call(stage, journal, key, self.run_dir.media), **opts)
 
     # -- the summary -----------------------------------------------------------
     def _summary(self, results: list[dict[str, Any]], seconds: float) -> dict[str, Any]:

@@ -146,7 +146,7 @@ class AuditRepresentation(Stage):
         fs.write_bytes(fs.join(ctx.run.root, "representation", f"{ctx.segment}.json"), text.encode())
         for category, info in table["categories"].items():
             ratio = info["imbalance_ratio"]
-            ctx.log(f"[mmcurate] {self.name}: {category}: " + ", ".join(f"{g} {n}" for g, n in info["counts"].items())
+            ctx.phase(f"{category}: " + ", ".join(f"{g} {n}" for g, n in info["counts"].items())
                   + f"; imbalance {'n/a' if ratio is None else f'{ratio:.2f}'}")
         writer, column, path = ctx.writer, p.text_column, p.lexicon
 
@@ -213,7 +213,7 @@ class Rebalance(Stage):
         if p.mode == "weight":
             total = sum(counts.values())
             weights = {g: total / (len(counts) * n) for g, n in counts.items()}
-            ctx.log(f"[mmcurate] {self.name}: {p.category} weights " +
+            ctx.phase(f"{p.category} weights " +
                   ", ".join(f"{g} {w:.3f} ({counts[g]} rows)" for g, w in sorted(weights.items())))
             return [t.to_pylist()[0] for t in gather(map_tables(ctx.parts, lambda t: writer(stage.weigh(t, weights))))]
         quota = math.floor(p.max_ratio * min(counts.values())) if counts else 0
@@ -222,7 +222,7 @@ class Rebalance(Stage):
             if n > quota:  # keep the `quota` rows of this group with the smallest id hashes
                 cutoffs[group] = kth_smallest(ctx.parts, lambda t, g=group: stage.keys(t, g), quota, digits=4,
                                               columns=["sample_id", p.text_column])
-        ctx.log(f"[mmcurate] {self.name}: {p.category} " + ", ".join(f"{g} {n}" for g, n in sorted(counts.items()))
+        ctx.phase(f"{p.category} " + ", ".join(f"{g} {n}" for g, n in sorted(counts.items()))
               + f"; each group kept to at most {quota} (max_ratio {p.max_ratio})")
         return [t.to_pylist()[0] for t in gather(map_tables(ctx.parts,
                                                              lambda t: writer(stage.cut(t, cutoffs, quota))))]

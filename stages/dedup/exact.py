@@ -107,7 +107,7 @@ class DedupExact(Stage):
         index_parts = self._index_parts()
         index_tmp = ctx.run.tmp_dir("index", self.name) if p.write_index else None
         columns = list(dict.fromkeys([*rank_columns(p.keep, ["original_bytes", p.text_column]), *self.reads()]))
-        ctx.log(f"[mmcurate] {self.name}: key={p.key}; shuffling {columns}"
+        ctx.phase(f"key={p.key}; shuffling {columns}"
                 + (f"; against {len(index_parts)} index parts" if index_parts else ""))
         stage = self
 

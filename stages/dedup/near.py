@@ -125,12 +125,14 @@ class NearDuplicates(Stage):
         index_parts = self._index_parts()
         n = max(1, math.ceil(ctx.upstream_kept * self.rows_per_sample() / ROWS_PER_PARTITION))
         ranked = self.rank_columns()
-        ctx.log(f"[mmcurate] {self.name}: {self.describe()}"
+        ctx.phase(f"{self.describe()}"
                 + (f"; against {len(index_parts)} index parts" if index_parts else ""))
+        ctx.phase(f"signatures of {ctx.upstream_kept} samples, candidate pairs by bucket, exact verification "
+                  f"({n} partitions)")
         sigs = map_tables(ctx.parts, self.signature_rows, columns=list(dict.fromkeys(ranked + self.payload_columns())))
         edges = self.find_edges(sigs + map_tables(index_parts, self._relabel), n)
-        settled, rounds = components(edges, n)
-        ctx.log(f"[mmcurate] {self.name}: connected components settled in {rounds} rounds")
+        settled, rounds = components(edges, n, phase=ctx.phase)
+        ctx.phase(f"connected components settled in {rounds} rounds")
         index_tmp = ctx.run.tmp_dir("index", self.name) if self.params.write_index else None
         stage = self
 
@@ -160,6 +162,7 @@ class NearDuplicates(Stage):
         sig_columns = _column_names_of(sigs[0]) if sigs else ["_sig"]
         decided = hash_partition(list(ctx.parts) + [_only_labels.remote(r) for r in settled] + sigs, n, assign,
                                  decide, fetch=False, columns=ranked, tag_first=len(ctx.parts))
+        ctx.phase(f"applying the decisions to {len(ctx.parts)} parts")
         stats = apply_by_part(ctx.parts, decided, ctx.writer)
         if index_tmp:
             made = {"stage": self.name} | self.index_settings()
@@ -287,7 +290,7 @@ def _seed(_: int, t: pa.Table) -> pa.Table:
     return pa.table({"_node": nodes, "_label": nodes, "_changed": pa.array([1] * len(nodes), pa.int64())})
 
 
-def components(edges: list, n: int, max_rounds: int = 1000) -> tuple[list, int]:
+def components(edges: list, n: int, max_rounds: int = 1000, phase=lambda text: None) -> tuple[list, int]:
     """Min-label propagation over the edge partitions until no label moves.
 
     Each round sends every node's label to its neighbours and keeps the minimum. No
@@ -301,7 +304,9 @@ def components(edges: list, n: int, max_rounds: int = 1000) -> tuple[list, int]:
         messages = hash_partition(list(edges) + [_only_labels.remote(r) for r in labels], n, nodes,
                                   _propagate, fetch=False)
         labels = hash_partition(messages, n, nodes, _settle, fetch=False)
-        if sum(gather([_changed.remote(r) for r in labels])) == 0:
+        moved = sum(gather([_changed.remote(r) for r in labels]))
+        phase(f"components round {rounds}: {moved} labels moved")
+        if moved == 0:
             return labels, rounds
     raise RuntimeError(f"connected components did not settle in {max_rounds} rounds")
 

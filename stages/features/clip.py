@@ -69,7 +69,7 @@ class ClipEncoder:
     def _to_device(self, array: np.ndarray):
         import torch
 
-        t = torch.from_numpy(np.ascontiguousarray(array))
+        t = torch.from_numpy(np.require(array, requirements=["C", "W"]))
         if self.device.type == "cuda":
             t = t.pin_memory().to(self.device, non_blocking=True)  # the copy overlaps with the model
         return t

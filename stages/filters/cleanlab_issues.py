@@ -112,7 +112,7 @@ class CleanlabIssues(Stage):
 
     def run_global(self, ds, ctx) -> list[dict[str, Any]]:
         n = max(1, math.ceil(ctx.upstream_kept / self.params.max_rows))
-        ctx.log(f"[mmcurate] {self.name}: {', '.join(self.wanted()) or 'nothing'} by Datalab in {n} partition(s) "
+        ctx.phase(f"{', '.join(self.wanted()) or 'nothing'} by Datalab in {n} partition(s) "
                 f"of <= {self.params.max_rows} rows")
         stage = self
 

@@ -83,7 +83,7 @@ class FilterClipScore(Stage):
         if self.params.fraction is not None:
             total = sum(gather([_count_valid.remote(part, self.params.column) for part in ctx.parts]))
             cutoff = self.cutoff(ctx.parts, total)
-            ctx.log(f"[mmcurate] {self.name}: keeping the top {self.params.fraction:.0%} of {total} scored rows")
+            ctx.phase(f"keeping the top {self.params.fraction:.0%} of {total} scored rows")
         stage, writer = self, ctx.writer
         refs = map_tables(ctx.parts, lambda t: writer(stage.mark(t, cutoff)))
         return [t.to_pylist()[0] for t in gather(refs)]

@@ -229,7 +229,7 @@ class ShardWebDataset(Stage):
             group_of_bin = np.cumsum(counts) // ROWS_PER_RANKER  # contiguous bins, about ROWS_PER_RANKER rows each
             groups = int(group_of_bin[-1]) + 1
             n_shards = -(-int(counts.sum()) // per_shard)
-            ctx.log(f"[mmcurate] {self.name}: {int(counts.sum())} samples into {n_shards} shards of {per_shard}")
+            ctx.phase(f"{int(counts.sum())} samples into {n_shards} shards of {per_shard}")
             ranked = hash_partition(ctx.parts, groups, lambda t: group_of_bin[_bins(t.column("sample_id"))],
                                     _Ranker(first_rank, per_shard), fetch=False, columns=["sample_id"],
                                     tag_first=len(ctx.parts))
