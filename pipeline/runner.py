@@ -228,7 +228,8 @@ class StageCall:
         return pa.concat_tables([out, dead], promote_options="permissive") if dead.num_rows else out
 
     def _guarded(self, stage: Stage, live: pa.Table) -> pa.Table:
-        marker = fs.join(self.journal, f"{stage.name}-{batch_key(live)}")
+        # Keyed by the stage's fingerprint: two stages of one name in a segment keep apart.
+        marker = fs.join(self.journal, f"{self.key}-{batch_key(live)}")
         if fs.exists(marker):
             out = self._row_by_row(stage, live, marker)
         else:
@@ -241,14 +242,16 @@ class StageCall:
         return out
 
     def _run(self, stage: Stage, table: pa.Table) -> pa.Table:
-        refs = {c: table.column(c) for c in stage.reads()
-                if c in table.column_names and media.is_ref(table.schema.field(c).type)}
-        out = stage.process(media.resolve(table, list(refs)))
+        refs = [c for c in stage.reads() if c in table.column_names and media.is_ref(table.schema.field(c).type)]
+        given = media.resolve(table, refs)
+        out = stage.process(given)
         out = ledger.stamp_stage(ledger.ensure_reject_column(out), stage.name)
-        out = _with_lineage(stage, table, out)
         added = {c.name for c in stage.adds() if c.kind == "media"}
-        out = _restore_refs(out, table, {c: r for c, r in refs.items() if c not in added})
-        out, written = media.store(out, [*added, *refs], media.Store(self.media_root))
+        store = media.Store(self.media_root)
+        out, kept_written = _keep_media(stage, out, table, given, [c for c in refs if c not in added], store)
+        out, written = media.store(out, [*added, *refs], store)
+        written += kept_written
+        out = _with_lineage(stage, table, out)
         before = out.column(WRITTEN).to_pylist() if WRITTEN in out.column_names else [None] * out.num_rows
         return ledger.set_column(out, WRITTEN, pa.array([(before[0] or 0) + written] + before[1:], pa.int64()))
 
@@ -278,22 +281,28 @@ def _with_lineage(stage: Stage, given: pa.Table, out: pa.Table) -> pa.Table:
     """Check what a row stage returned against what it was given, and record parents
     that became children as expanded. Each given row comes back once as itself, or
     is the parent of children (new, safe ids carrying its id as parent_id); nothing
-    is dropped, doubled or made up."""
+    is dropped, doubled or made up. A row that came back as itself keeps its lineage
+    (parent_id, and whether this segment made it) from what it was given, whatever
+    columns the stage kept."""
     ids = given.column("sample_id").to_pylist()
     known = set(ids)
     out_ids = out.column("sample_id").to_pylist()
     parents = out.column("parent_id").to_pylist() if "parent_id" in out.column_names else [None] * len(out_ids)
+    was_parent = dict(zip(ids, given.column("parent_id").to_pylist() if "parent_id" in given.column_names
+                          else [None] * len(ids)))
+    was_born = dict(zip(ids, given.column(BORN).to_pylist() if BORN in given.column_names else [None] * len(ids)))
     selves: Counter = Counter()
     children: Counter = Counter()
-    earlier = out.column(BORN).to_pylist() if BORN in out.column_names else [None] * len(out_ids)
-    born = []
-    for sid, parent, was in zip(out_ids, parents, earlier):
+    born, lineage = [], []
+    for sid, parent in zip(out_ids, parents):
         if sid in known:
             selves[sid] += 1
-            born.append(was)  # a child of an earlier stage of this segment stays counted once
+            born.append(was_born[sid])  # a child of an earlier stage of this segment stays counted once
+            lineage.append(was_parent[sid])
         elif parent in known and isinstance(sid, str) and ledger.SAFE_ID.fullmatch(sid):
             children[parent] += 1
             born.append(1)
+            lineage.append(parent)
         else:
             raise RuntimeError(f"stage {stage.name} returned a row {str(sid)[:60]!r} that is neither one it was "
                                "given nor a child of one (ledger.child makes children)")
@@ -303,26 +312,45 @@ def _with_lineage(stage: Stage, given: pa.Table, out: pa.Table) -> pa.Table:
         raise RuntimeError(f"stage {stage.name} returned other rows than it was given ({len(lost)} dropped, "
                            f"{len(twice)} twice or both kept and expanded): a row stage must return each row "
                            "once, or children in its place, and reject rows, never drop them")
+    if any(v is not None for v in born):
+        out = ledger.set_column(out, BORN, pa.array(born, pa.int64()))
+    if any(v is not None for v in lineage):
+        out = ledger.set_column(out, "parent_id", pa.array(lineage, pa.string()))
     if not children:
         return out
-    out = ledger.set_column(out, BORN, pa.array(born, pa.int64()))
     expanded = given.filter(pc.is_in(given.column("sample_id"), value_set=pa.array(list(children), pa.string())))
     reasons = [ledger.reject(EXPANDED, str(children[s])) for s in expanded.column("sample_id").to_pylist()]
     expanded = ledger.stamp_stage(ledger.with_rejects(expanded, reasons), stage.name)
     return pa.concat_tables([out, expanded], promote_options="permissive")
 
 
-def _restore_refs(out: pa.Table, given: pa.Table, refs: dict[str, pa.ChunkedArray]) -> pa.Table:
-    """Media columns a stage read but did not change get their references back (no
-    rewrite); a child that copied its parent's bytes is stored like new bytes."""
-    for name, column in refs.items():
+def _keep_media(stage: Stage, out: pa.Table, table: pa.Table, given: pa.Table, columns: list[str],
+                store: media.Store) -> tuple[pa.Table, int]:
+    """Media columns a stage read but does not declare it changes get their references
+    back, row by row (no rewrite); a child holding bytes keeps them, stored like new
+    bytes. Bytes that differ from what the row was given mean an undeclared change: an error."""
+    ids = out.column("sample_id").to_pylist()
+    written = 0
+    for name in columns:
         if name not in out.column_names:
             continue
-        by_id = dict(zip(given.column("sample_id").to_pylist(), column.to_pylist()))
-        ids = out.column("sample_id").to_pylist()
-        if all(i in by_id for i in ids):
-            out = ledger.set_column(out, name, pa.array([by_id[i] for i in ids], schemas.MEDIA_REF))
-    return out
+        refs = dict(zip(table.column("sample_id").to_pylist(), table.column(name).to_pylist()))
+        data = dict(zip(given.column("sample_id").to_pylist(), given.column(name).to_pylist()))
+        values = out.column(name).to_pylist()
+        for sid, value in zip(ids, values):
+            if sid in data and value != data[sid] and not isinstance(value, dict):
+                raise RuntimeError(f"stage {stage.name} changed media column {name!r} without declaring it in "
+                                   "adds(): its change would be lost")
+        stored = []
+        for sid, value in zip(ids, values):
+            if sid in refs:
+                value = refs[sid]
+            elif value is not None and not isinstance(value, dict):  # a child's own bytes
+                value, n = store.put(value)
+                written += n
+            stored.append(value)
+        out = ledger.set_column(out, name, pa.array(stored, schemas.MEDIA_REF))
+    return out, written
 
 
 def _actor_class(stage: Stage, journal: str, key: str, media_root: str) -> type:

@@ -192,6 +192,9 @@ class PrepareStep(Stage):
     def reads(self) -> list[str]:
         return self.stage.reads()
 
+    def adds(self) -> list[Column]:  # what prepare() rewrites in place is declared by the stage
+        return self.stage.adds()
+
     def fingerprint(self) -> str:
         return self.stage.fingerprint() + ".prepare"
 

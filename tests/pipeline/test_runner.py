@@ -231,12 +231,18 @@ def test_leftover_journal_markers_are_not_taken_for_crashes(ray_session, demo_da
     listing = fs.read_parquet_dir(os.path.join(out, "stages", "00-listing"))
     # An interrupted earlier attempt left markers for the first batch of the first part and
     # for its first row: exactly what a crash in that batch leaves behind.
+    from pipeline.runner import slices
+
     seg = "01-ingest_image_text"
-    first_batch = listing.slice(0, IngestImageText.resources.batch_size)
-    marker = os.path.join(out, "_journal", seg, f"ingest_image_text-{batch_key(first_batch)}")
+    # The first batch of the first task, as the runner cuts it (4 CPUs here, 1 per task).
+    part, start, rows = slices(sorted(str(p) for p in (tmp_path / "run" / "stages" / "00-listing").glob("*.parquet")),
+                               4)[0]
+    first_batch = fs.read_parquet(part).slice(start, min(rows, IngestImageText.resources.batch_size))
+    rerun = IngestImageText(source=demo_data["manifest"], image_size=65)  # forces a rerun
+    marker = os.path.join(out, "_journal", seg, f"{rerun.fingerprint()}-{batch_key(first_batch)}")
     fs.write_bytes(marker, b"")
-    fs.write_bytes(f"{marker}-{listing.column('sample_id')[0].as_py()}", b"")
-    job = make_job(IngestImageText(source=demo_data["manifest"], image_size=65))  # forces a rerun
+    fs.write_bytes(f"{marker}-{first_batch.column('sample_id')[0].as_py()}", b"")
+    job = make_job(rerun)
     Runner(job, out, log=lambda *a: None).run()
     assert "error:WorkerDied" not in json.dumps(ledger.audit(out)["rejected_by_stage"])
 
