@@ -23,6 +23,12 @@ import pyarrow.parquet as pq
 COMMIT_MARKERS = ("manifest.json", "_SUCCESS")  # published last
 
 
+def progress() -> None:
+    from .watchdog import progress as tick
+
+    tick()
+
+
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """Filesystem and path for a local path or a URI."""
     if "://" not in uri:
@@ -144,6 +150,7 @@ def replace_dir(src: str, dst: str) -> None:
         files.sort(key=lambda f: (f.rsplit("/", 1)[-1] in COMMIT_MARKERS, f))
         for f in files:
             fs.move(f, dpath + f[len(spath):])
+            progress()  # publishing a big folder file by file is work, not a stall
         delete(src)
         return
     fs.create_dir(dpath.rpartition("/")[0], recursive=True)

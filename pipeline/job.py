@@ -187,6 +187,18 @@ def _expanded_size(root: yaml.Node) -> int:
     return sizes[id(root)]
 
 
+def stages_of_run(root: str) -> list[Stage]:
+    """The stages of a run, rebuilt from its job.yaml ([] when that cannot be done)."""
+    from . import fs
+
+    try:
+        data = load_yaml(fs.read_bytes(fs.join(root, "job.yaml")).decode(), f"{root}/job.yaml")
+        data.pop("limit", None)
+        return parse_job(data, f"{root}/job.yaml").stages
+    except Exception:  # noqa: BLE001 - a run without a readable job is still a table
+        return []
+
+
 IDENTITY_COLUMNS = ("sample_id", "ordinal", "modality", "source_uri", "meta", "parent_id")
 
 
@@ -243,6 +255,8 @@ def load_yaml(text: str, source: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise JobError(f"{source}: not valid YAML: {str(e)[:500]}") from None
+    except RecursionError:
+        raise JobError(f"{source}: nested too deeply to be a job file") from None
 
 
 def load_job(path: str) -> Job:

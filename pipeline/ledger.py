@@ -101,6 +101,15 @@ class Rejected(Exception):
         self.reason, self.detail = reason, detail
 
 
+_BYTES = re.compile(r"""b(['"]).*?(?<!\\)\1""", re.S)
+
+
+def without_bytes(text: str) -> str:
+    """An error message with any bytes literal in it (b'...') replaced: libraries quote
+    the data they choke on, and a file's bytes never go into a reject detail."""
+    return _BYTES.sub("<bytes>", text)
+
+
 def child_id(parent_id: str, locator: str) -> str:
     """A child's id: from its parent's id and where in the parent it is (`t=12.00-18.50`,
     a path, `func:Greeter.greet`), so that a rerun gives the same ids."""

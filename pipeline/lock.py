@@ -19,6 +19,7 @@ import json
 import os
 import socket
 import threading
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -40,7 +41,18 @@ class RunLocked(RuntimeError):
 def holder_record() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid(),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "boot": _process_start(os.getpid())}
+            "boot": _process_start(os.getpid()), "machine": _machine()}
+
+
+def _machine() -> str | None:
+    """This kernel's boot and this process's pid namespace: containers that share a host
+    name are not one machine, and a pid means nothing outside its namespace."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        return f"{boot}:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return None
 
 
 def describe(holder: dict[str, Any] | None) -> str:
@@ -60,7 +72,8 @@ def _process_start(pid: int) -> str | None:
 
 def _alive_here(holder: dict[str, Any]) -> bool | None:
     """Whether the holder is alive, when it ran on this host; None when we cannot tell."""
-    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int) or \
+            holder.get("machine") is None or holder.get("machine") != _machine():
         return None
     try:
         os.kill(holder["pid"], 0)
@@ -164,7 +177,8 @@ class _S3Lock:
     def __init__(self, uri: str):
         self.bucket, _, self.key = uri[len("s3://"):].partition("/")
         self.etag: str | None = None
-        self.lost: str | None = None
+        self._lost: str | None = None
+        self.renewed = 0.0  # monotonic time of the last write that kept the lock ours
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
@@ -190,6 +204,7 @@ class _S3Lock:
             if not _precondition_failed(e):
                 raise
             self.etag = self._take_over_if_stale(client)
+        self.renewed = time.monotonic()
         self._stop.clear()
         self._beat = threading.Thread(target=self._heartbeat, name="mmcurate-lock", daemon=True)
         self._beat.start()
@@ -240,12 +255,23 @@ class _S3Lock:
         while not self._stop.wait(HEARTBEAT):
             try:
                 self.etag = self._put(client, IfMatch=self.etag)
+                self.renewed = time.monotonic()
             except ClientError as e:
                 if _precondition_failed(e) or e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                    self.lost = "another run replaced it (this run was taken for dead)"
+                    self._lost = "another run replaced it (this run was taken for dead)"
                     return
             except Exception:  # noqa: BLE001 - a network blip: try again at the next beat
                 continue
+
+    @property
+    def lost(self) -> str | None:
+        """Why the lock is no longer ours: replaced, or not renewed for long enough that
+        another run may take it over."""
+        if self._lost:
+            return self._lost
+        if self.etag is not None and time.monotonic() - self.renewed > STALE_AFTER - HEARTBEAT:
+            return f"not renewed for {time.monotonic() - self.renewed:.0f}s (S3 unreachable?)"
+        return None
 
     def release(self) -> None:
         from botocore.exceptions import ClientError
@@ -254,7 +280,7 @@ class _S3Lock:
         if self._beat is not None:
             self._beat.join(timeout=HEARTBEAT)
             self._beat = None
-        if self.etag is None or self.lost:
+        if self.etag is None or self._lost:
             return
         client = self._client()
         try:  # delete only our own lock

@@ -47,6 +47,38 @@ def read_all(values: list[dict | None]) -> list[bytes | None]:
         return list(pool.map(read, values))
 
 
+def inside(uri: str, roots: list[str]) -> bool:
+    """Whether a reference's file is under one of the roots (symlinks followed locally)."""
+    import os
+    import posixpath
+
+    if "://" in uri:
+        if not uri.startswith("s3://"):
+            return False
+        path = posixpath.normpath(uri[5:])
+        return any(path == r or path.startswith(r.rstrip("/") + "/")
+                   for r in (posixpath.normpath(x[5:]) for x in roots if x.startswith("s3://")))
+    real = os.path.realpath(uri)
+    return any(real == r or real.startswith(r.rstrip(os.sep) + os.sep)
+               for r in (os.path.realpath(x) for x in roots if "://" not in x))
+
+
+def check_refs(table: pa.Table, roots: list[str]) -> list[str | None]:
+    """Per row, why its media references cannot be trusted (None: they can). A reference
+    that comes in with the input must point into a media store or root the job knows:
+    the bytes it names are read and published."""
+    why: list[str | None] = [None] * table.num_rows
+    for f in table.schema:
+        if not is_ref(f.type):
+            continue
+        for i, value in enumerate(table.column(f.name).to_pylist()):
+            if value is not None and why[i] is None and not (
+                    isinstance(value.get("uri"), str) and inside(value["uri"], roots)
+                    and (value.get("offset") or 0) >= 0 and (value.get("size") or 0) >= 0):
+                why[i] = f"column {f.name!r}: a media reference outside this run's media store and allowed roots"
+    return why
+
+
 def sizes(table: pa.Table) -> int:
     """Media bytes a table references (the shard writer sizes shards by them)."""
     import pyarrow.compute as pc

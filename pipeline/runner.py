@@ -270,7 +270,8 @@ class StageCall:
                 outs.append(self._run(stage, row))
             except Exception as e:  # noqa: BLE001 - every exception becomes a reject
                 where = traceback.extract_tb(e.__traceback__)[-1]
-                detail = f"{stage.name}: {type(e).__name__}: {e} (at {os.path.basename(where.filename)}:{where.lineno})"
+                detail = (f"{stage.name}: {type(e).__name__}: {ledger.without_bytes(str(e))} "
+                          f"(at {os.path.basename(where.filename)}:{where.lineno})")
                 why = ledger.reject(f"error:{type(e).__name__}", detail)
                 outs.append(ledger.stamp_stage(ledger.with_rejects(row, [why]), stage.name))
             fs.delete(row_marker)
@@ -470,6 +471,7 @@ class RunContext:
     writer: "SegmentWriter | None" = None  # for global stages that write their own output
     columns: dict[str, Column] = field(default_factory=dict)  # what the job's stages declared they add
     phase: Any = print  # reports a step of a global stage ("components round 3")
+    check_lock: Any = lambda: None  # raises when the run lock is no longer ours: call before publishing
 
 
 class Runner:
@@ -504,7 +506,8 @@ class Runner:
                     info = self._run_listing(seg)
                 else:
                     fingerprint = _hash(__version__, self.engine, upstream["fingerprint"],
-                                        [s.fingerprint() for s in seg.stages])
+                                        [s.fingerprint() for s in seg.stages],
+                                        self._declarations() if seg.kind == "sink" else None)
                     marker = rd.marker(seg.name)
                     if marker and marker.get("fingerprint") == fingerprint and self._intact(seg, marker):
                         self.log(f"[mmcurate] {seg.name}: unchanged, skipped (fingerprint {fingerprint})")
@@ -522,6 +525,10 @@ class Runner:
             fs.write_bytes(fs.join(rd.root, "summary.json"), json.dumps(summary, indent=1).encode())
         self.log(format_summary(summary))
         return summary
+
+    def _declarations(self) -> dict[str, list[str]]:
+        """What the sink writes by (member kinds and formats): part of its fingerprint."""
+        return {name: [c.kind, c.format] for name, c in sorted(self.columns.items())}
 
     def _run_watched(self, seg: Segment, fingerprint: str, upstream: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -559,7 +566,7 @@ class Runner:
         rd, stage = self.run_dir, seg.stages[0]
         tmp = rd.tmp_segment(seg.name)
         digest = hashlib.sha256()
-        kept = rejected = written = 0
+        kept = rejected = written = kept_bytes = 0
         schema: set[str] = set()
         counts: Counter = Counter()
         t0 = time.time()
@@ -568,9 +575,14 @@ class Runner:
         identify = ledger.InputIds()
 
         def flush(part: int, tables: list[pa.Table]) -> None:
-            nonlocal kept, rejected, written
-            table = ledger.stamp_stage(identify(ledger.ensure_reject_column(
-                pa.concat_tables(tables, promote_options="permissive"))), stage.name)
+            nonlocal kept, rejected, written, kept_bytes
+            table = identify(ledger.ensure_reject_column(pa.concat_tables(tables, promote_options="permissive")))
+            untrusted = media.check_refs(table, [rd.media, *stage.media_roots()])
+            if any(untrusted):
+                table = ledger.set_column(table, "reject", pa.array(
+                    [r if r is not None or why is None else ledger.reject("path_outside_root", why)
+                     for r, why in zip(table.column("reject").to_pylist(), untrusted)], type=schemas.REJECT))
+            table = ledger.stamp_stage(table, stage.name)
             schema.update(table.column_names)
             sink = pa.BufferOutputStream()
             with pa.ipc.new_stream(sink, table.schema) as w:
@@ -579,6 +591,7 @@ class Runner:
             live, dead = ledger.split_live(table)
             if live.num_rows:
                 written += fs.write_parquet(fs.join(tmp.kept, f"part-{part:06d}.parquet"), live.drop_columns(["reject"]))
+                kept_bytes += media.sizes(live)
             if dead.num_rows:
                 flat = ledger.flatten_rejects(dead)
                 written += fs.write_parquet(fs.join(tmp.rejects, f"part-{part:06d}.parquet"), flat)
@@ -612,7 +625,7 @@ class Runner:
             self.log(f"[mmcurate] {seg.name}: inputs unchanged ({kept + rejected}), kept as committed")
             return {**marker, "skipped": True}
         info = {"segment": seg.name, "fingerprint": fingerprint, "inputs": kept + rejected, "kept": kept,
-                "kept_bytes": 0, "rejected": rejected, "rejects": dict(counts), "seconds": time.time() - t0,
+                "kept_bytes": kept_bytes, "rejected": rejected, "rejects": dict(counts), "seconds": time.time() - t0,
                 "bytes_written": written}
         self._commit(seg, tmp, info)
         self.log(f"[mmcurate] {seg.name}: {kept + rejected} inputs listed ({rejected} unreadable)")
@@ -630,7 +643,7 @@ class Runner:
         writer = SegmentWriter(tmp)
         bar = Progress(seg.name, upstream["kept"])
         ctx = RunContext(rd, seg.name, upstream["kept"], upstream.get("kept_bytes", 0), tmp.kept,
-                         _parts(upstream["dir"]), writer, self.columns, bar.phase)
+                         _parts(upstream["dir"]), writer, self.columns, bar.phase, self.lock.check)
         kept, kept_bytes, counts, extra = 0, 0, Counter(), {}
         expanded = born = written = 0
         if seg.kind == "sink":

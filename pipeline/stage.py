@@ -95,6 +95,8 @@ class Stage:
     resources: ClassVar[Resources] = Resources()
     # A source whose columns are those of its input (a table): known after listing only.
     open_columns: ClassVar[bool] = False
+    # Parameters of this stage that place or pace work but never change its rows.
+    placement: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, params: Params | dict | None = None, **overrides: Any):
         if isinstance(params, Params):
@@ -157,6 +159,11 @@ class Stage:
         """Stateful stages (a model to load) run as an actor pool."""
         return self.resources.concurrency is not None or self.resources.num_gpus > 0
 
+    def media_roots(self) -> list[str]:
+        """Where media references that a source lists may point (besides the run's own
+        media store); a reference elsewhere is rejected at listing."""
+        return []
+
     def external_inputs(self) -> list[str]:
         """Files or folders the stage reads besides its rows (a model directory, an
         earlier run's index). Their listing is part of the fingerprint, so that a
@@ -167,7 +174,8 @@ class Stage:
         """Changes when what decides the output changes: the parameters (not the
         placement ones), the code the stage runs (its module and every project
         module it imports, transitively) and its external inputs."""
-        params = {k: v for k, v in self.params.model_dump(mode="json").items() if k not in PLACEMENT}
+        params = {k: v for k, v in self.params.model_dump(mode="json").items()
+                  if k not in PLACEMENT and k not in self.placement}
         return hashlib.sha256(json.dumps([self.name, params, code_digest(type(self).__module__),
                                           [listing_digest(p) for p in self.external_inputs()]]
                                          ).encode()).hexdigest()[:16]
@@ -223,6 +231,9 @@ def listing_digest(uri: str) -> str:
 
 # Top-level packages of this project: their modules count as code a stage runs.
 PROJECT_PACKAGES = ("pipeline", "stages", "schemas", "jobs")
+# Engine modules that steer a run but never shape its rows: a change to them reruns nothing.
+RUN_CONTROL = {"pipeline.lock", "pipeline.watchdog", "pipeline.progress", "pipeline.job", "pipeline.cli",
+               "pipeline.report"}
 
 
 @functools.lru_cache(maxsize=None)
@@ -245,7 +256,7 @@ def _imports(name: str) -> tuple[str, ...]:
     package = name if file.endswith("__init__.py") else name.rpartition(".")[0]
     roots = set(PROJECT_PACKAGES) | {name.partition(".")[0]}
     found: set[str] = set()
-    for node in ast.walk(tree):
+    for node in _module_level(tree.body):
         if isinstance(node, ast.Import):
             candidates = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -260,7 +271,28 @@ def _imports(name: str) -> tuple[str, ...]:
     parts = name.split(".")
     found.update(".".join(parts[:i]) for i in range(1, len(parts)) if _module_file(".".join(parts[:i])))
     found.discard(name)
-    return tuple(sorted(found))
+    return tuple(sorted(found - RUN_CONTROL))
+
+
+def _module_level(body: list) -> Iterator[ast.stmt]:
+    """The statements run on import (imports inside functions are for what the function does)."""
+    for node in body:
+        yield node
+        if isinstance(node, (ast.If, ast.Try)):
+            yield from _module_level(node.body + node.orelse + getattr(node, "finalbody", []) +
+                                     [s for h in getattr(node, "handlers", []) for s in h.body])
+
+
+def _code_of(file: str) -> bytes:
+    """A module's code without its comments and docstrings: rewording them reruns nothing."""
+    with open(file, "rb") as f:
+        tree = ast.parse(f.read(), filename=file)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and \
+                isinstance(getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree).encode()
 
 
 @functools.lru_cache(maxsize=None)
@@ -276,8 +308,7 @@ def code_digest(module: str) -> str:
     for name in sorted(seen):
         file = _module_file(name)
         if file:
-            with open(file, "rb") as f:
-                h.update(name.encode() + b"\0" + f.read())
+            h.update(name.encode() + b"\0" + _code_of(file))
     return h.hexdigest()
 
 

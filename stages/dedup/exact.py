@@ -71,7 +71,9 @@ class DedupExact(Stage):
     def keys(self, table: pa.Table) -> list[str | None]:
         p = self.params
         n = table.num_rows
-        given = table.column("_key").to_pylist() if "_key" in table.column_names else [None] * n  # an index's rows
+        given = table.column("_key").to_pylist() if "_key" in table.column_names else [None] * n
+        if PART in table.column_names:  # only an index's rows (no part) bring their key
+            given = [g if p is None else None for g, p in zip(given, table.column(PART).to_pylist())]
 
         def col(name: str) -> list:
             return table.column(name).to_pylist() if name in table.column_names else [None] * n
@@ -138,10 +140,17 @@ class DedupExact(Stage):
     def mark(self, table: pa.Table) -> pa.Table:
         """Reject every copy but the keeper of each key; give clusters their cluster_id.
         Rows of an earlier run's index (no PART) always keep: their copies go."""
-        keys = self.keys(table)
         earlier = [False] * table.num_rows if PART not in table.column_names else \
             pc.is_null(table.column(PART)).to_pylist()
         ids = table.column("sample_id").to_pylist()
+        if any(earlier):  # a sample that is in the index already (a rerun against its own index) is itself
+            new_ids = {sid for sid, e in zip(ids, earlier) if not e}
+            same = [not (e and sid in new_ids) for sid, e in zip(ids, earlier)]
+            if not all(same):
+                table = table.filter(pa.array(same))
+                earlier = [e for e, keep in zip(earlier, same) if keep]
+                ids = table.column("sample_id").to_pylist()
+        keys = self.keys(table)
         new = [i for i, e in enumerate(earlier) if not e]
         new_labels = iter(labels(table.take(new), self.params.keep, self.size_of) if new else [])
         rank = [f"{EARLIER}|{sid}" if e else next(new_labels) for e, sid in zip(earlier, ids)]

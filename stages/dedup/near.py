@@ -181,8 +181,8 @@ class NearDuplicates(Stage):
             root = component.get(label)
             cluster = f"{self.cluster_prefix}{root.split('|', 1)[1]}" if root else None
             clusters.append(cluster)
-            if root and root != label:
-                keeper = root.split("|", 1)[1]
+            keeper = root.split("|", 1)[1] if root else None
+            if root and root != label and keeper != label.split("|", 1)[1]:  # never a duplicate of itself
                 earlier = root.startswith("!")  # a sample of an index we were pointed at
                 reason = self.params.against_reason if earlier else "duplicate"
                 where = " in an earlier index" if earlier else ""

@@ -71,6 +71,7 @@ class IngestImageTextParams(RowParams):
 class IngestImageText(Stage):
     name = "ingest_image_text"
     Params = IngestImageTextParams
+    placement = frozenset({"download_concurrency", "per_host_concurrency", "per_host_rate"})
     resources = Resources(num_cpus=1, batch_size=64)
 
     def adds(self) -> list[Column]:
@@ -223,5 +224,5 @@ class IngestImageText(Stage):
 
 
 def _user_name(column: str) -> str:
-    """Manifest columns keep their names unless they clash with ours."""
-    return f"src_{column}" if column in RESERVED else column
+    """Manifest columns keep their names unless they clash with ours or the engine's."""
+    return f"src_{column}" if column in RESERVED or column == "parent_id" or column.startswith("_") else column

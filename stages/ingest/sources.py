@@ -474,6 +474,18 @@ def list_tars(pattern: str, kind: str = "image") -> Iterator[Entry]:
 
 
 def _list_tar(tar_uri: str, kind: str) -> Iterator[Entry]:
+    for entry in _tar_entries(tar_uri, kind):
+        if entry.stat is not None:  # the tar's own size and time: a rewritten tar reruns what read it
+            entry.stat = f"{entry.stat};{_tar_stat(tar_uri)}"
+        yield entry
+
+
+def _tar_stat(tar_uri: str) -> str:
+    info = fs.resolve(tar_uri)[0].get_file_info(fs.resolve(tar_uri)[1])
+    return f"{info.size}:{info.mtime_ns}"
+
+
+def _tar_entries(tar_uri: str, kind: str) -> Iterator[Entry]:
     """One Entry per sample (members side by side that share a key), in tar order.
 
     A hard link stands for the regular member it names; a symbolic link, a device

@@ -250,6 +250,7 @@ class ShardWebDataset(Stage):
         # The manifest is written last: a shard directory with a manifest is complete.
         manifest = {"version": 1, "shards": shards}
         fs.write_bytes(fs.join(tmp, "manifest.json"), json.dumps(manifest, indent=1).encode())
+        ctx.check_lock()  # a run that lost its lock publishes nothing
         fs.replace_dir(tmp, ctx.run.shards)
         return {"samples": total, "shards": len(shards), "shard_dir": ctx.run.shards,
                 "bytes": sum(s["bytes"] for s in shards)}

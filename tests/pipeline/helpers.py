@@ -172,3 +172,47 @@ class Split(Stage):
                 fields = {c: v for c, v in row.items() if c not in ("reject",)}
                 out.append(ledger.child(row, f"part={k}of{self.params.parts}", **{**fields, "text": f"{row['text']}/{k}"}))
         return pa.Table.from_pylist(out)
+
+
+class SplitImage(Stage):
+    """Each image row becomes two children that carry the image's bytes (a stand-in for
+    video -> clips, where children hold media of their own)."""
+
+    name = "test_split_image"
+    Params = RowParams
+    resources = Resources(num_cpus=0.5, batch_size=8)
+
+    def reads(self) -> list[str]:
+        return ["image"]
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        out = []
+        for row in batch.to_pylist():
+            for k in range(2):
+                fields = {c: v for c, v in row.items() if c != "reject"}
+                out.append(ledger.child(row, f"copy={k}", **fields))
+        return pa.Table.from_pylist(out, schema=batch.schema.append(pa.field("parent_id", pa.string()))
+                                    if "parent_id" not in batch.column_names else batch.schema)
+
+
+class LeakBytes(Stage):
+    """Raises with the row's caption bytes in the message, as libraries do."""
+
+    name = "test_leak_bytes"
+    resources = Resources(num_cpus=0.5, batch_size=8)
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        raise ValueError(f"could not convert {batch.column('caption')[0].as_py().encode()!r} to int")
+
+
+class ChangeImageQuietly(Stage):
+    """Rewrites the image it reads without declaring it: the change must not be lost silently."""
+
+    name = "test_change_image_quietly"
+    resources = Resources(num_cpus=0.5, batch_size=8)
+
+    def reads(self) -> list[str]:
+        return ["image"]
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        return ledger.set_column(batch, "image", pa.array([b"\xff\xd8 other"] * batch.num_rows, pa.large_binary()))

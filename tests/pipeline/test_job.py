@@ -119,3 +119,10 @@ def test_mmcurate_run_refuses_the_job_naming_the_stage_and_the_column(tmp_path):
                           str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "stage 'dedup_minhash' reads column 'body'" in res.stderr
     assert "Traceback" not in res.stderr and not (tmp_path / "o").exists()
+
+
+def test_a_job_nested_too_deeply_is_a_clear_error(tmp_path):
+    path = tmp_path / "deep.yaml"
+    path.write_text("name: x\nstages: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(JobError, match="nested too deeply|not valid YAML"):
+        load_job(str(path))

@@ -107,3 +107,21 @@ def test_kill_mid_run_then_rerun_gives_identical_shards(ray_session, tmp_path):
     assert [s["skipped"] for s in summary["segments"]][:2] == [True, True]
     assert ledger.audit(out)["ok"]
     assert _manifest(out) == _manifest(clean)
+
+
+def test_children_that_carry_media_are_stored_and_sharded(ray_session, demo_data, tmp_path):
+    from pipeline import media
+    from stages.ingest.image_text import IngestImageText
+    from tests.pipeline.helpers import SplitImage
+
+    out = str(tmp_path / "run")
+    Runner(make_job(IngestImageText(source=demo_data["manifest"], image_size=48), SplitImage(),
+                    ShardWebDataset(samples_per_shard=50)), out, log=lambda *a: None).run()
+    result = ledger.audit(out)
+    assert result["ok"], result
+    good = result["inputs"] - sum(result["rejected_by_stage"].get("ingest_image_text", {}).values())
+    assert result["kept"] == 2 * good and result["expanded"] == good
+    assert "test_split_image" not in result["rejected_by_stage"]
+    kept = fs.read_parquet_dir(os.path.join(out, "stages", "01-ingest_image_text+test_split_image"))
+    assert media.is_ref(kept.schema.field("image").type)
+    assert all(media.read(r)[:2] == b"\xff\xd8" for r in kept.column("image").to_pylist())

@@ -165,3 +165,16 @@ def _second_is_refused(first: subprocess.Popen, job, out: str) -> None:
     assert first.poll() is None, "the first run must still be going when the second is refused"
     _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err[-3000:]
+
+
+def test_an_s3_lock_that_cannot_be_renewed_is_lost(s3_bucket, monkeypatch):
+    """A holder whose renewals fail (expired credentials, no network) may be taken over
+    after STALE_AFTER: it must stop before that, not commit on."""
+    monkeypatch.setattr(lock, "HEARTBEAT", 3600.0)  # no renewal will come
+    monkeypatch.setattr(lock, "STALE_AFTER", 3601.5)
+    held = RunLock(f"{s3_bucket}/locks/unrenewed").acquire()
+    held.check()
+    time.sleep(2.0)
+    with pytest.raises(RunLocked, match="not renewed"):
+        held.check()
+    held.release()

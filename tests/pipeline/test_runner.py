@@ -405,3 +405,16 @@ def test_a_one_cpu_cluster_gets_an_error_or_a_finished_run_never_a_hang(tmp_path
         assert "the largest node has 1" in res.stdout
     else:
         assert res.stdout.strip().splitlines()[-1] == "50", res.stdout + res.stderr[-2000:]
+
+
+def test_reject_details_carry_no_bytes_and_undeclared_media_changes_are_errors(ray_session, demo_data, tmp_path):
+    from tests.pipeline.helpers import ChangeImageQuietly, LeakBytes
+
+    for stage, reason in ((LeakBytes(), "error:ValueError"), (ChangeImageQuietly(), "error:RuntimeError")):
+        out = str(tmp_path / stage.name)
+        Runner(make_job(IngestImageText(source=demo_data["manifest"], image_size=48), stage), out,
+               log=lambda *a: None).run()
+        rows = [r for r in _rejects(out) if r["reject_stage"] == stage.name]
+        assert rows and {r["reject_reason"] for r in rows} == {reason}
+        assert all("b'" not in r["reject_detail"] for r in rows)
+    assert "without declaring it in adds()" in rows[0]["reject_detail"]
