@@ -228,7 +228,6 @@ def test_leftover_journal_markers_are_not_taken_for_crashes(ray_session, demo_da
     out = str(tmp_path / "run")
     job = make_job(IngestImageText(source=demo_data["manifest"], image_size=64))
     Runner(job, out, log=lambda *a: None).run()
-    listing = fs.read_parquet_dir(os.path.join(out, "stages", "00-listing"))
     # An interrupted earlier attempt left markers for the first batch of the first part and
     # for its first row: exactly what a crash in that batch leaves behind.
     from pipeline.runner import slices
