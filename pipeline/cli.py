@@ -33,7 +33,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     output = args.output or job.output
     if not output:
         raise JobError(f"{args.job}: no output directory: pass --output DIR or set 'output' in the job file")
-    Runner(job, output, ray_address=args.ray_address, limit=args.limit).run()
+    summary = Runner(job, output, ray_address=args.ray_address, limit=args.limit, until=args.until,
+                     start=getattr(args, "from")).run()
+    return _empty(summary, args.fail_if_empty)
+
+
+def _empty(summary: dict[str, Any], fail: bool) -> int:
+    if fail and not summary["kept"]:
+        print(f"mmcurate: error: the run kept no sample (--fail-if-empty); see `mmcurate rejects "
+              f"{summary['output']}`", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -57,7 +66,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
     summary = Runner(job, args.output, ray_address=args.ray_address, limit=args.limit).run()
     last = summary["segments"][-1]["segment"]
     print(f"kept rows: {args.output}/stages/{last}/  rejects: {args.output}/rejects/")
-    return 0
+    print(f"next: mmcurate stage STAGE --input {args.output} --output {args.output.rstrip('/')}-next")
+    return _empty(summary, args.fail_if_empty)
 
 
 def _stage_fields(name: str) -> set[str]:
@@ -68,22 +78,37 @@ def _stage_fields(name: str) -> set[str]:
 
 
 def cmd_stages(args: argparse.Namespace) -> int:
-    for name, cls in registry().items():
-        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
-        res = cls.resources
-        print(f"{name}  [{cls.kind}; cpus={res.num_cpus} gpus={res.num_gpus} batch={res.batch_size}"
-              f"{' concurrency=' + str(res.concurrency) if res.concurrency else ''}]")
-        if doc:
-            print(f"  {doc[0]}")
-        reads, adds = _declared(cls)
-        print(f"  reads: {', '.join(reads) or '-'}")
-        print(f"  adds:  {', '.join(adds) or ('the columns of its input' if cls.open_columns else '-')}")
-        for p in describe_params(cls):
-            default = "(required)" if p["required"] else f"= {p['default']!r}"
-            bounds = f" [{p['bounds']}]" if p["bounds"] else ""
-            print(f"    {p['name']}: {p['type']} {default}{bounds}  {p['description']}")
-        print()
+    stages = registry()
+    if args.name and args.name not in stages:
+        raise JobError(f"unknown stage {args.name!r}; known stages: {', '.join(stages)}")
+    for name, cls in stages.items():
+        if args.name and name != args.name:
+            continue
+        describe_stage(name, cls)
     return 0
+
+
+def describe_stage(name: str, cls) -> None:
+    """A stage's summary, resources (with its defaults), columns and parameters."""
+    text = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip()
+    doc = [" ".join(line.strip() for line in text.split("\n\n")[0].splitlines())] if text else []
+    res = cls.resources.model_copy()
+    defaults = cls.Params.model_construct()
+    for key in ("num_cpus", "num_gpus", "concurrency", "batch_size"):
+        if getattr(defaults, key, None) is not None:
+            setattr(res, key, getattr(defaults, key))
+    print(f"{name}  [{cls.kind}; cpus={res.num_cpus} gpus={res.num_gpus} batch={res.batch_size}"
+          f"{' concurrency=' + str(res.concurrency) if res.concurrency else ''}]")
+    if doc:
+        print(f"  {doc[0]}")
+    reads, adds = _declared(cls)
+    print(f"  reads: {', '.join(reads) or '-'}")
+    print(f"  adds:  {', '.join(adds) or ('the columns of its input' if cls.open_columns else '-')}")
+    for p in describe_params(cls):
+        default = "(required)" if p["required"] else f"= {p['default']!r}"
+        bounds = f" [{p['bounds']}]" if p["bounds"] else ""
+        print(f"    {p['name']}: {p['type']} {default}{bounds}  {p['description']}")
+    print()
 
 
 def _declared(cls) -> tuple[list[str], list[str]]:
@@ -103,6 +128,32 @@ def _declared(cls) -> tuple[list[str], list[str]]:
         return ["(depends on its parameters)"], ["(depends on its parameters)"]
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from .inspect import format_status, status
+
+    result = status(args.run_dir)
+    print(json.dumps(result, indent=1) if args.json else format_status(result))
+    return 0 if result["complete"] else 1
+
+
+def cmd_rejects(args: argparse.Namespace) -> int:
+    from .inspect import format_rejects, rejects
+
+    result = rejects(args.run_dir, args.stage, args.reason, args.show)
+    print(json.dumps(result, indent=1, default=str) if args.json else format_rejects(result))
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .inspect import format_plan, plan
+
+    job = load_job(args.job)
+    result = plan(job, args.output or (job.output if args.output is None and job.output and
+                                       os.path.isdir(job.output) else None))
+    print(json.dumps(result, indent=1) if args.json else format_plan(result))
+    return 0
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     from .ledger import audit
 
@@ -119,7 +170,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="mmcurate", description="Curate multimodal data into WebDataset shards on Ray.")
+    parser.add_argument("--version", action="version", version=f"mmcurate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run a job file", description="Run a job file (YAML) end to end; "
@@ -128,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="run directory (default: the job's 'output')")
     p.add_argument("--ray-address", help="join this Ray cluster (default: RAY_ADDRESS, else an embedded Ray)")
     p.add_argument("--limit", type=int, help="take only the first N inputs")
+    p.add_argument("--until", metavar="STAGE", help="stop after the segment that holds this stage")
+    p.add_argument("--from", metavar="STAGE", help="redo from the segment that holds this stage on (the segments "
+                   "before it must be committed with this job's settings)")
+    p.add_argument("--fail-if-empty", action="store_true", help="exit 1 when the run keeps no sample")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("stage", help="run one stage on a file", description=(
@@ -142,11 +200,40 @@ def build_parser() -> argparse.ArgumentParser:
                         "(RUN/index/<stage>) to remove duplicates of")
     p.add_argument("--ray-address", help="join this Ray cluster")
     p.add_argument("--limit", type=int, help="take only the first N rows")
+    p.add_argument("--fail-if-empty", action="store_true", help="exit 1 when the run keeps no sample")
     p.set_defaults(fn=cmd_stage)
 
     p = sub.add_parser("stages", help="list stages and their parameters",
-                       description="List every registered stage with its parameters, defaults and bounds.")
+                       description="List every registered stage (or one) with its columns, parameters, defaults "
+                                   "and bounds.")
+    p.add_argument("name", nargs="?", help="one stage only")
     p.set_defaults(fn=cmd_stages)
+
+    p = sub.add_parser("status", help="each segment of a run: done, failed or pending",
+                       description="Each segment of a run's plan: done (with counts and time), failed (with the "
+                                   "error) or pending, and whether the run is complete; exit 1 if it is not.")
+    p.add_argument("run_dir")
+    p.add_argument("--json", action="store_true", help="as JSON")
+    p.set_defaults(fn=cmd_status)
+
+    p = sub.add_parser("rejects", help="the rejected rows, with reasons and details",
+                       description="Counts of the rejected rows by stage and reason, and the first of them.")
+    p.add_argument("run_dir")
+    p.add_argument("--stage", help="only this stage's rejects")
+    p.add_argument("--reason", help="only this reason")
+    p.add_argument("--show", type=int, default=20, help="rows to show (default 20)")
+    p.add_argument("--json", action="store_true", help="as JSON")
+    p.set_defaults(fn=cmd_rejects)
+
+    p = sub.add_parser("plan", help="a job's segments, what they need, and what would rerun and why",
+                       description="The segments of a job and the CPUs/GPUs each holds at once; with a run "
+                                   "directory (--output, or the job's own output when it exists), which segments "
+                                   "a run would skip or redo, and which fingerprint part changed. Lists the inputs; "
+                                   "starts no Ray.")
+    p.add_argument("job")
+    p.add_argument("--output", help="run directory to compare with")
+    p.add_argument("--json", action="store_true", help="as JSON")
+    p.set_defaults(fn=cmd_plan)
 
     p = sub.add_parser("audit", help="prove that every input is in the output or the rejects",
                        description="Print a JSON summary; exit 1 if a sample is missing or appears twice.")
@@ -177,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     commands = _commands()
     if argv[:1] and argv[0] in commands:  # a registered command parses its own options
         return commands[argv[0]].load()(argv[1:])
+    if argv[:1] == ["stage"] and len(argv) >= 3 and argv[1] in registry() and ({"-h", "--help"} & set(argv)):
+        describe_stage(argv[1], registry()[argv[1]])  # `mmcurate stage X --help`: X's own parameters
+        print(f"usage: mmcurate stage {argv[1]} --input INPUT --output OUTPUT [--set KEY=VALUE ...]")
+        return 0
     from .lock import RunLocked
     from .rundir import SegmentMismatch
     from .runner import NotEnoughResources

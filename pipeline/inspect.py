@@ -88,3 +88,80 @@ def format_rejects(result: dict[str, Any]) -> str:
             lines.append(f"    {r.get('source_uri') or ''}")
             lines.append(f"    {(r.get('reject_detail') or '')[:300]}")
     return "\n".join(lines)
+
+
+def plan(job, output: str | None = None) -> dict[str, Any]:
+    """The job's segments, what each needs at once, and (with a run directory) whether a
+    run would redo it and why: which fingerprint part changed. Lists the inputs (no Ray)."""
+    import hashlib
+
+    from . import __version__
+    from .job import check_chain
+    from .runner import Runner, _hash, _ipc, segment_needs
+
+    runner = Runner(job, output or "/nonexistent-mmcurate-plan", log=lambda *a: None)
+    rows = []
+    for seg in runner.segments:
+        row: dict[str, Any] = {"segment": seg.name, "kind": seg.kind, "stages": [s.name for s in seg.stages]}
+        if seg.kind != "listing":
+            need = segment_needs(seg)
+            row["needs"] = {"cpus": need["cpus"], "gpus": need["gpus"], "what": need["parts"]}
+        rows.append(row)
+    result: dict[str, Any] = {"job": job.name, "output": output, "segments": rows}
+    if not output:
+        return result
+    rd = runner.run_dir
+    listing = runner.segments[0].stages[0]
+    digest, schema = hashlib.sha256(), set()
+    for table in runner.listed_parts(listing):
+        digest.update(_ipc(table))
+        schema.update(table.column_names)
+    if listing.open_columns:
+        runner.columns = check_chain(job.stages, job.source, listed=schema)
+    upstream = _hash(__version__, listing.name, digest.hexdigest())
+    marker = rd.marker(runner.segments[0].name)
+    rows[0]["would"] = "not listed yet" if marker is None else "skip: the inputs are unchanged" \
+        if marker.get("fingerprint") == upstream else "redo: the inputs changed"
+    for seg, row in zip(runner.segments[1:], rows[1:]):
+        fingerprint, why = runner.fingerprint(seg, upstream)
+        marker = rd.marker(seg.name)
+        if marker is None:
+            row["would"] = "run: not run yet"
+        elif marker.get("fingerprint") == fingerprint:
+            row["would"] = "skip: unchanged"
+        else:
+            row["would"] = "redo: " + "; ".join(_changed(marker.get("why"), why))
+        upstream = fingerprint
+    return result
+
+
+def _changed(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    if not old:
+        return ["its marker does not say what it was made from (an older run)"]
+    out = []
+    if old.get("engine") != new["engine"]:
+        out.append("the engine's code changed")
+    if old.get("upstream") != new["upstream"]:
+        out.append("an earlier segment changed")
+    for stage, parts in new["stages"].items():
+        before = (old.get("stages") or {}).get(stage)
+        name = stage.split(":", 1)[1]
+        if before is None:
+            out.append(f"{name} is new here")
+            continue
+        out += [f"{name}: its {part} changed" for part, value in parts.items() if before.get(part) != value]
+    if old.get("writes_by") != new.get("writes_by"):
+        out.append("the columns the stages declare changed")
+    return out or ["the committed files disagree with their marker"]
+
+
+def format_plan(result: dict[str, Any]) -> str:
+    lines = [f"job {result['job']}" + (f" against {result['output']}" if result["output"] else "")]
+    for r in result["segments"]:
+        need = f"  needs {r['needs']['cpus']:g} CPU" + (f", {r['needs']['gpus']:g} GPU" if r["needs"]["gpus"] else "") \
+            + f" ({r['needs']['what']})" if "needs" in r else ""
+        would = f"  -> {r['would']}" if "would" in r else ""
+        lines.append(f"  {r['segment']}{would}")
+        if need:
+            lines.append(f"    {need.strip()}")
+    return "\n".join(lines)

@@ -15,13 +15,12 @@ import logging
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 import traceback
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -34,10 +33,10 @@ from . import __version__, fs, ledger, media
 from .job import Job
 from .lock import RunLock
 from .rundir import RunDir, SegmentFiles
-from .job import check_chain
+from .job import JobError, check_chain
 from .stage import Column, PrepareStep, Stage, code_digest, drop_temporary
 from .progress import Progress
-from .watchdog import SegmentStalled, Watchdog, stalled, wait
+from .watchdog import Watchdog, stalled, wait
 
 LISTING_ROWS_PER_PART = 256  # small parts = enough blocks to keep every worker busy
 STORAGE_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
@@ -177,6 +176,13 @@ def check_resources(seg: Segment) -> None:
             raise NotEnoughResources(
                 f"segment {seg.name} needs {wanted:g} {kind}s at once ({need['parts']}); {where}. "
                 f"Lower the stages' num_cpus, num_gpus or concurrency, or give Ray more {kind}s.")
+
+
+def _ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue().to_pybytes()
 
 
 def _hash(*parts: Any) -> str:
@@ -476,14 +482,31 @@ class RunContext:
 
 class Runner:
     def __init__(self, job: Job, output: str, ray_address: str | None = None, limit: int | None = None,
-                 log=print):
+                 log=print, until: str | None = None, start: str | None = None):
         self.job, self.limit, self.log = job, limit, log
         self.run_dir = RunDir(output)
         self.ray_address = ray_address or job.ray.address
         self.segments = plan(job.stages)
         self.columns = job.columns()
+        self.until = self.segment_of(until) if until else len(self.segments) - 1
+        self.start = self.segment_of(start) if start else None
         # The engine's own code is part of every segment's fingerprint.
         self.engine = code_digest(__name__)
+
+    def segment_of(self, stage: str) -> int:
+        """The index of the segment that holds a stage (--until / --from)."""
+        for seg in self.segments:
+            if stage in [s.name for s in seg.stages]:
+                return seg.index
+        raise JobError(f"no stage {stage!r} in this job; its stages: {', '.join(s.name for s in self.job.stages)}")
+
+    def fingerprint(self, seg: Segment, upstream: str) -> tuple[str, dict[str, Any]]:
+        """A segment's fingerprint, and what it is made of (kept in its marker, so that
+        `mmcurate plan` can say which part changed)."""
+        why = {"engine": self.engine[:16], "upstream": upstream,
+               "stages": {f"{i}:{s.name}": s.fingerprint_parts() for i, s in enumerate(seg.stages)},
+               "writes_by": self._declarations() if seg.kind == "sink" else None}
+        return _hash(__version__, why), why
 
     def run(self) -> dict[str, Any]:
         t0 = time.time()
@@ -497,51 +520,80 @@ class Runner:
                            yaml.safe_dump({**self.job.to_dict(), "output": rd.root, "limit": self.limit},
                                           sort_keys=False).encode())
             fs.write_bytes(fs.join(rd.root, "plan.json"), json.dumps(
-                {"segments": [s.name for s in self.segments],
-                 "sink": self.segments[-1].kind == "sink"}, indent=1).encode())
+                {"segments": [s.name for s in self.segments], "sink": self.segments[-1].kind == "sink",
+                 # where this run's media references may point: read by a run that chains from it
+                 "media_roots": [rd.media, *self.segments[0].stages[0].media_roots()]}, indent=1).encode())
             results = []
             upstream: dict[str, Any] = {}
-            for seg in self.segments:
+            for seg in self.segments[:self.until + 1]:
                 if seg.kind == "listing":
                     info = self._run_listing(seg)
                 else:
-                    fingerprint = _hash(__version__, self.engine, upstream["fingerprint"],
-                                        [s.fingerprint() for s in seg.stages],
-                                        self._declarations() if seg.kind == "sink" else None)
+                    fingerprint, why = self.fingerprint(seg, upstream["fingerprint"])
                     marker = rd.marker(seg.name)
-                    if marker and marker.get("fingerprint") == fingerprint and self._intact(seg, marker):
+                    same = marker and marker.get("fingerprint") == fingerprint and self._intact(seg, marker)
+                    if self.start is not None and seg.index < self.start and not same:
+                        raise JobError(f"--from {self.segments[self.start].name}: segment {seg.name} before it is "
+                                       "not committed with this job's settings; run the job up to there first "
+                                       f"(mmcurate run JOB --until {seg.stages[-1].name})")
+                    if same and (self.start is None or seg.index < self.start):
                         self.log(f"[mmcurate] {seg.name}: unchanged, skipped (fingerprint {fingerprint})")
                         info = {**marker, "skipped": True}
                     else:
                         if upstream["kept"]:
                             connect_ray(self.ray_address, self.job.ray.num_cpus, self.job.ray.object_store_mb)
-                            for later in self.segments[seg.index:]:  # before any of them runs, not mid-job
+                            for later in self.segments[seg.index:self.until + 1]:  # before any of them runs
                                 check_resources(later)
-                        info = self._run_watched(seg, fingerprint, upstream)
+                        info = self._run_watched(seg, fingerprint, upstream, why)
                 results.append(info)
                 upstream = {**info, "dir": rd.segment_dir(seg.name)}
             fs.delete(rd.journal)
             summary = self._summary(results, time.time() - t0)
+            summary["warnings"] = self._warnings(summary)
             fs.write_bytes(fs.join(rd.root, "summary.json"), json.dumps(summary, indent=1).encode())
         self.log(format_summary(summary))
+        for warning in summary["warnings"]:
+            self.log(f"[mmcurate] warning: {warning}")
         return summary
+
+    def _warnings(self, summary: dict[str, Any]) -> list[str]:
+        """What a user should hear about a run that worked: nothing kept, or most inputs
+        rejected for one reason (with the parameter that governs it)."""
+        out = []
+        if summary["inputs"] and not summary["kept"] and self.until == len(self.segments) - 1:
+            out.append(f"the run kept 0 of {summary['inputs']} samples")
+        hints = {s.name: s.reason_hints for s in self.job.stages}
+        for seg in summary["segments"]:
+            for stage, reasons in seg["rejected"].items():
+                for reason, n in reasons.items():
+                    if summary["inputs"] and n > summary["inputs"] / 2:
+                        hint = hints.get(stage, {}).get(reason)
+                        out.append(f"{n} of {summary['inputs']} inputs were rejected by {stage} as {reason}"
+                                   + (f" ({hint})" if hint else ""))
+        return out
 
     def _declarations(self) -> dict[str, list[str]]:
         """What the sink writes by (member kinds and formats): part of its fingerprint."""
         return {name: [c.kind, c.format] for name, c in sorted(self.columns.items())}
 
-    def _run_watched(self, seg: Segment, fingerprint: str, upstream: dict[str, Any]) -> dict[str, Any]:
+    def _run_watched(self, seg: Segment, fingerprint: str, upstream: dict[str, Any],
+                     why: dict[str, Any]) -> dict[str, Any]:
+        failed = fs.join(self.run_dir.segment_dir(seg.name), "_FAILED")
+        fs.delete(failed)
         try:
             with Watchdog(f"segment {seg.name}", self.job.stall_timeout,
                           "Is a stage stuck, or are the cluster's CPUs/GPUs taken by other work?"):
-                return self._run_segment(seg, fingerprint, upstream)
-        except SegmentStalled:
+                return self._run_segment(seg, fingerprint, upstream, why)
+        except BaseException as e:
+            cause = stalled(e) if isinstance(e, Exception) else None
+            error = cause or e
+            try:  # for `mmcurate status`: which segment failed, and how
+                fs.write_bytes(failed, json.dumps({"error": f"{type(error).__name__}: {str(error)[:2000]}"}).encode())
+            except Exception:  # noqa: BLE001 - the error itself matters more
+                pass
+            if cause is not None:
+                raise cause from None
             raise
-        except Exception as e:
-            cause = stalled(e)
-            if cause is None:
-                raise
-            raise cause from None
 
     def _intact(self, seg: Segment, marker: dict[str, Any]) -> bool:
         """Whether a committed segment's files still hold what its marker says."""
@@ -560,9 +612,38 @@ class Runner:
         self.run_dir.commit(seg.name, tmp, info, kept_in_segment=seg.kind != "sink")
 
     # -- listing: on the driver, before any I/O -----------------------------
-    def _run_listing(self, seg: Segment) -> dict[str, Any]:
-        from tqdm import tqdm
+    def listed_parts(self, stage: Stage) -> Iterator[pa.Table]:
+        """The inputs as the listing commits them, part by part: ids made safe and unique,
+        media references checked, rejects stamped."""
+        identify = ledger.InputIds()
+        roots = [self.run_dir.media, *stage.media_roots()]
+        bar = Progress("00-listing", 0)
 
+        def ready(tables: list[pa.Table]) -> pa.Table:
+            table = identify(ledger.ensure_reject_column(pa.concat_tables(tables, promote_options="permissive")))
+            untrusted = media.check_refs(table, roots)
+            if any(untrusted):
+                table = ledger.set_column(table, "reject", pa.array(
+                    [r if r is not None or why is None else ledger.reject("path_outside_root", why)
+                     for r, why in zip(table.column("reject").to_pylist(), untrusted)], type=schemas.REJECT))
+            return ledger.stamp_stage(table, stage.name)
+
+        pending: list[pa.Table] = []
+        n_pending = 0
+        for batch in stage.list_inputs(limit=self.limit):
+            pending.append(batch)
+            n_pending += batch.num_rows
+            bar.update(batch.num_rows)
+            while n_pending >= LISTING_ROWS_PER_PART:
+                table = pa.concat_tables(pending, promote_options="permissive")
+                yield ready([table.slice(0, LISTING_ROWS_PER_PART)])
+                rest = table.slice(LISTING_ROWS_PER_PART)
+                pending, n_pending = [rest], rest.num_rows
+        if n_pending:
+            yield ready(pending)
+        bar.close()
+
+    def _run_listing(self, seg: Segment) -> dict[str, Any]:
         rd, stage = self.run_dir, seg.stages[0]
         tmp = rd.tmp_segment(seg.name)
         digest = hashlib.sha256()
@@ -570,24 +651,9 @@ class Runner:
         schema: set[str] = set()
         counts: Counter = Counter()
         t0 = time.time()
-        bar = tqdm(desc=f"{seg.name}", unit=" inputs", file=sys.stderr, disable=None)
-        pending: list[pa.Table] = []
-        identify = ledger.InputIds()
-
-        def flush(part: int, tables: list[pa.Table]) -> None:
-            nonlocal kept, rejected, written, kept_bytes
-            table = identify(ledger.ensure_reject_column(pa.concat_tables(tables, promote_options="permissive")))
-            untrusted = media.check_refs(table, [rd.media, *stage.media_roots()])
-            if any(untrusted):
-                table = ledger.set_column(table, "reject", pa.array(
-                    [r if r is not None or why is None else ledger.reject("path_outside_root", why)
-                     for r, why in zip(table.column("reject").to_pylist(), untrusted)], type=schemas.REJECT))
-            table = ledger.stamp_stage(table, stage.name)
+        for part, table in enumerate(self.listed_parts(stage)):
             schema.update(table.column_names)
-            sink = pa.BufferOutputStream()
-            with pa.ipc.new_stream(sink, table.schema) as w:
-                w.write_table(table)
-            digest.update(sink.getvalue().to_pybytes())
+            digest.update(_ipc(table))
             live, dead = ledger.split_live(table)
             if live.num_rows:
                 written += fs.write_parquet(fs.join(tmp.kept, f"part-{part:06d}.parquet"), live.drop_columns(["reject"]))
@@ -598,21 +664,6 @@ class Runner:
                 counts.update(ledger.reason_counts(flat))
             kept += live.num_rows
             rejected += dead.num_rows
-
-        part = 0
-        n_pending = 0
-        for batch in stage.list_inputs(limit=self.limit):
-            pending.append(batch)
-            n_pending += batch.num_rows
-            bar.update(batch.num_rows)
-            while n_pending >= LISTING_ROWS_PER_PART:
-                table = pa.concat_tables(pending, promote_options="permissive")
-                flush(part, [table.slice(0, LISTING_ROWS_PER_PART)])
-                rest = table.slice(LISTING_ROWS_PER_PART)
-                pending, n_pending, part = [rest], rest.num_rows, part + 1
-        if n_pending:
-            flush(part, pending)
-        bar.close()
         if stage.open_columns:  # its columns are the input's: check the job against them now
             self.columns = check_chain(self.job.stages, self.job.source, listed=schema)
         # What was listed decides, not the parameters: a parameter that changes the
@@ -632,7 +683,8 @@ class Runner:
         return info
 
     # -- row, global and sink segments on Ray ---------------------------------
-    def _run_segment(self, seg: Segment, fingerprint: str, upstream: dict[str, Any]) -> dict[str, Any]:
+    def _run_segment(self, seg: Segment, fingerprint: str, upstream: dict[str, Any],
+                     why: dict[str, Any] | None = None) -> dict[str, Any]:
         rd = self.run_dir
         t0 = time.time()
         # The old marker goes first: from here on the segment's files may change (a sink
@@ -688,7 +740,7 @@ class Runner:
                                f"made, {kept} kept + {rejected} rejected + {expanded} expanded out")
         info = {"segment": seg.name, "fingerprint": fingerprint, "inputs": upstream["kept"], "kept": kept,
                 "kept_bytes": kept_bytes, "rejected": rejected, "rejects": dict(counts), "expanded": expanded,
-                "derived": born, "bytes_written": written, "seconds": time.time() - t0, **extra}
+                "derived": born, "bytes_written": written, "seconds": time.time() - t0, "why": why, **extra}
         self._commit(seg, tmp, info)
         self.log(f"[mmcurate] {seg.name}: committed: {kept} kept, {rejected} rejected "
                  f"in {info['seconds']:.1f}s")

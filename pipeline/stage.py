@@ -97,6 +97,9 @@ class Stage:
     open_columns: ClassVar[bool] = False
     # Parameters of this stage that place or pace work but never change its rows.
     placement: ClassVar[frozenset[str]] = frozenset()
+    # Reject reasons of this stage and the parameter that governs each: a run that rejects
+    # most of its inputs for one of them says which knob to look at.
+    reason_hints: ClassVar[dict[str, str]] = {}
 
     def __init__(self, params: Params | dict | None = None, **overrides: Any):
         if isinstance(params, Params):
@@ -170,15 +173,18 @@ class Stage:
         retrained model or a grown index reruns the segments that used them."""
         return []
 
-    def fingerprint(self) -> str:
-        """Changes when what decides the output changes: the parameters (not the
-        placement ones), the code the stage runs (its module and every project
-        module it imports, transitively) and its external inputs."""
+    def fingerprint_parts(self) -> dict[str, str]:
+        """What decides the output, part by part: the parameters (not the placement
+        ones), the code the stage runs (its module and every project module it imports,
+        transitively) and its external inputs. `mmcurate plan` names the part that changed."""
         params = {k: v for k, v in self.params.model_dump(mode="json").items()
                   if k not in PLACEMENT and k not in self.placement}
-        return hashlib.sha256(json.dumps([self.name, params, code_digest(type(self).__module__),
-                                          [listing_digest(p) for p in self.external_inputs()]]
-                                         ).encode()).hexdigest()[:16]
+        return {"parameters": _short_hash([self.name, params]), "code": code_digest(type(self).__module__)[:16],
+                "inputs": _short_hash([listing_digest(p) for p in self.external_inputs()])}
+
+    def fingerprint(self) -> str:
+        """Changes when what decides the output changes (fingerprint_parts)."""
+        return _short_hash(self.fingerprint_parts())
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params!r})"
@@ -212,6 +218,10 @@ TEMPORARY = "__tmp_"  # columns named __tmp_* live within a segment only
 
 def drop_temporary(table: pa.Table) -> pa.Table:
     return table.drop_columns([c for c in table.column_names if c.startswith(TEMPORARY)])
+
+
+def _short_hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def listing_digest(uri: str) -> str:

@@ -6,7 +6,8 @@ stage with it. X is a .parquet/.jsonl/.csv file, a glob of them, a folder of the
 ended in shards, the rows that went into them), with the media store and column
 declarations of that run, so that stages chain. Rows that have no `sample_id` /
 `ordinal` get them from the file and the row number. Input columns named like the
-engine's own (`reject`, `parent_id`, `_*`) are renamed `src_...`.
+engine's own (`reject`, `parent_id`, `_*`) are renamed `src_...` (a run's own
+`_*` columns are kept; its `parent_id` becomes `src_parent_id`: lineage starts again).
 """
 from __future__ import annotations
 
@@ -69,6 +70,8 @@ class IngestTableParams(Params):
 
 
 class IngestTable(Stage):
+    """Rows of tables (files, globs, folders, or an earlier run's rows), every column kept."""
+
     name = "ingest_table"
     Params = IngestTableParams
     resources = Resources(num_cpus=1, batch_size=1024)
@@ -99,8 +102,12 @@ class IngestTable(Stage):
         return run_root(source if "://" in source else fs.resolve(source)[1])
 
     def media_roots(self) -> list[str]:
+        """An earlier run's media store, and the stores its own inputs came from."""
         run = self._run()
-        return [fs.join(run, "media")] if run else []
+        if not run:
+            return []
+        plan = json.loads(fs.read_bytes(fs.join(run, "plan.json")))
+        return list(plan.get("media_roots") or [fs.join(run, "media")])
 
     def adds(self) -> list[Column]:
         declared = []
@@ -138,10 +145,14 @@ class IngestTable(Stage):
 
     def list_inputs(self, limit: int | None = None) -> Iterator[pa.Table]:
         start = 0
+        ours = self._run() is not None  # rows an earlier run wrote: its own columns are the engine's
         for uri, batch in ((u, b) for u in self.files() for b in self._batches(u)):
             table = pa.Table.from_batches([batch])
-            table = table.rename_columns([f"src{c}" if c.startswith("_") else f"src_{c}" if reserved(c) else c
-                                          for c in table.column_names])
+            # A row read here is an input of this run: lineage starts again (an earlier run's
+            # parent_id is kept as src_parent_id), and no input speaks for the engine.
+            table = table.rename_columns([
+                c if ours and c != "parent_id" else f"src{c}" if c.startswith("_") else
+                f"src_{c}" if reserved(c) else c for c in table.column_names])
             if limit is not None:
                 table = table.slice(0, max(0, limit - start))
             n = table.num_rows

@@ -103,6 +103,8 @@ def representation_table(counts: dict[str, int], lex: dict, total: int) -> dict[
 
 
 class AuditRepresentation(Stage):
+    """Counts who the captions talk about (gender, age, skin tone, religion) and writes the table for the report."""
+
     name = "audit_representation"
     kind = "global"
     Params = AuditRepresentationParams
@@ -190,6 +192,8 @@ def _group_counts(part: str, column: str, path: str, category: str) -> dict[str,
 
 
 class Rebalance(Stage):
+    """Downsamples or reweights the groups of a category so that none outweighs another too much."""
+
     name = "rebalance"
     kind = "global"
     Params = RebalanceParams

@@ -50,6 +50,8 @@ class DedupExactParams(DedupParams):
 
 
 class DedupExact(Stage):
+    """Keeps one sample per identical content (original bytes), normalised text, or both."""
+
     name = "dedup_exact"
     kind = "global"
     Params = DedupExactParams

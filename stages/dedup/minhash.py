@@ -310,8 +310,9 @@ class DedupMinhashParams(DedupParams):
 
 
 class DedupMinhash(NearDuplicates):
-    """Near-duplicate texts: MinHash LSH with exact-Jaccard verification, then the
-    connected components and keep rule of stages.dedup.near."""
+    """Near-duplicate texts by MinHash LSH, every candidate pair verified by exact Jaccard.
+
+    Connected components and the keep rule come from stages.dedup.near."""
 
     name = "dedup_minhash"
     Params = DedupMinhashParams

@@ -73,9 +73,14 @@ class FilterCaptionQualityParams(RowParams):
 
 
 class FilterCaptionQuality(Stage):
+    """Rejects captions in another language, repetitive captions and placeholders (camera names, 'image')."""
+
     name = "filter_caption_quality"
     Params = FilterCaptionQualityParams
     resources = Resources(num_cpus=1, batch_size=512)
+
+    reason_hints = {"wrong_language": "languages (and min_language_confidence)",
+                    "repetitive_caption": "max_repeated_ngrams"}
 
     def reads(self) -> list[str]:
         return [self.params.text_column]

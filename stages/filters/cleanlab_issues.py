@@ -44,6 +44,8 @@ class CleanlabIssuesParams(Params):
 
 
 class CleanlabIssues(Stage):
+    """Flags or drops outliers, near-duplicates and label issues found by cleanlab's Datalab on an embedding."""
+
     name = "cleanlab_issues"
     kind = "global"
     Params = CleanlabIssuesParams

@@ -41,10 +41,14 @@ class FilterClipScoreParams(Params):
 
 
 class FilterClipScore(Stage):
+    """Keeps samples whose score reaches a threshold, or the exact top fraction of the whole dataset."""
+
     name = "filter_clip_score"
     kind = "global"
     Params = FilterClipScoreParams
     resources = Resources(num_cpus=1)
+
+    reason_hints = {"low_clip_score": "threshold, or fraction", "no_clip_score": "put embed_clip before it"}
 
     def reads(self) -> list[str]:
         return [self.params.column]

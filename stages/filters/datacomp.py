@@ -30,9 +30,14 @@ def _dims(table: pa.Table) -> tuple[list, list]:
 
 
 class FilterDatacompBasic(Stage):
+    """DataComp's basic filter: caption length, the image's shorter side, its aspect ratio."""
+
     name = "filter_datacomp_basic"
     Params = FilterDatacompBasicParams
     resources = Resources(num_cpus=1, batch_size=1024)
+
+    reason_hints = {"image_too_small": "min_side", "caption_too_short": "min_caption_words and min_caption_chars",
+                    "extreme_aspect_ratio": "max_aspect"}
 
     def reads(self) -> list[str]:
         return [self.params.text_column, "original_width", "original_height"]

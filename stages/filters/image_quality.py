@@ -55,6 +55,8 @@ class FilterImageQualityParams(RowParams):
 
 
 class FilterImageQuality(Stage):
+    """Rejects blank, blurred and extremely sized images; records entropy and sharpness."""
+
     name = "filter_image_quality"
     Params = FilterImageQualityParams
     resources = Resources(num_cpus=1, batch_size=64)

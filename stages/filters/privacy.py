@@ -72,6 +72,8 @@ class RedactPiiParams(RowParams):
 
 
 class RedactPii(Stage):
+    """Replaces e-mail addresses, phone numbers, IP addresses and URL credentials in texts with placeholders."""
+
     name = "redact_pii"
     Params = RedactPiiParams
     resources = Resources(num_cpus=1, batch_size=1024)
@@ -149,6 +151,8 @@ class BlurFacesParams(RowParams):
 
 
 class BlurFaces(Stage):
+    """Finds frontal faces (scikit-image's LBP cascade) and blurs them in the image."""
+
     name = "blur_faces"
     Params = BlurFacesParams
     resources = Resources(num_cpus=1, batch_size=32)

@@ -33,6 +33,8 @@ class FilterToxicTextParams(RowParams):
 
 
 class FilterToxicText(Stage):
+    """Rejects texts with terms of a word list (better_profanity's, plus your own)."""
+
     name = "filter_toxic_text"
     Params = FilterToxicTextParams
     resources = Resources(num_cpus=1, batch_size=1024)

@@ -69,9 +69,20 @@ class IngestImageTextParams(RowParams):
 
 
 class IngestImageText(Stage):
+    """Image-text pairs from a manifest, a URL list, a folder with sidecar captions or WebDataset tars."""
+
     name = "ingest_image_text"
     Params = IngestImageTextParams
     placement = frozenset({"download_concurrency", "per_host_concurrency", "per_host_rate"})
+    reason_hints = {
+        "blocked_address": "allow_private_networks: true fetches from loopback and private addresses",
+        "path_outside_root": "allowed_roots names the folders outside the manifest's that its paths may point into",
+        "missing_caption": "text_column names the caption column",
+        "timeout": "connect_timeout, read_timeout and total_timeout bound each download",
+        "too_large": "max_bytes bounds each download",
+        "decompression_bomb": "max_pixels bounds width x height",
+        "opted_out": "respect_opt_out: false ignores X-Robots-Tag noai",
+    }
     resources = Resources(num_cpus=1, batch_size=64)
 
     def adds(self) -> list[Column]:
@@ -107,18 +118,19 @@ class IngestImageText(Stage):
     def list_inputs(self, limit: int | None = None) -> Iterator[pa.Table]:
         rows: list[dict[str, Any]] = []
         user_columns: list[str] | None = None
+        types: dict[str, pa.DataType] = {}  # a user column's type, from its first batch
         for ordinal, e in enumerate(self._entries()):
             if limit is not None and ordinal >= limit:
                 break
-            if user_columns is None:  # the manifest's own columns stay top-level (as strings)
+            if user_columns is None:  # the manifest's own columns stay top-level, with their types
                 user_columns = [k for k in e.extra] if e.file_uri.endswith(
                     (".parquet", ".jsonl", ".json", ".csv", ".tsv")) else []
             rows.append(self._row(ordinal, e, user_columns))
             if len(rows) == BATCH_ROWS:
-                yield self._table(rows, user_columns)
+                yield self._table(rows, user_columns, types)
                 rows = []
         if rows:
-            yield self._table(rows, user_columns or [])
+            yield self._table(rows, user_columns or [], types)
 
     @staticmethod
     def _row(ordinal: int, e: sources.Entry, user_columns: list[str]) -> dict[str, Any]:
@@ -136,18 +148,35 @@ class IngestImageText(Stage):
             "_source_stat": e.stat,
             "reject": ledger.reject(*e.reject) if e.reject else None,
         }
-        for k in user_columns:
+        for k in user_columns:  # numbers, booleans and text as they are; lists and maps as JSON
             v = e.extra.get(k)
-            row[_user_name(k)] = v if v is None or isinstance(v, str) else json.dumps(v, default=str)
+            row[_user_name(k)] = v if v is None or isinstance(v, (str, bool, int, float)) else \
+                json.dumps(v, default=str, ensure_ascii=False)
         return row
 
     @staticmethod
-    def _table(rows: list[dict[str, Any]], user_columns: list[str]) -> pa.Table:
+    def _table(rows: list[dict[str, Any]], user_columns: list[str], types: dict[str, pa.DataType]) -> pa.Table:
+        """The batch as a table. A user column keeps the type of its first batch; a later
+        value that does not fit it stays in the row's meta (`meta.extra` holds them all)."""
         from schemas import IDENTITY, REJECT
 
-        schema = pa.schema([*IDENTITY, *LOCATORS, *(pa.field(_user_name(k), pa.string()) for k in user_columns),
-                            pa.field("reject", REJECT)])
-        return pa.Table.from_pylist(rows, schema=schema)
+        schema = pa.schema([*IDENTITY, *LOCATORS, pa.field("reject", REJECT)])
+        table = pa.Table.from_pylist([{k: r[k] for k in schema.names} for r in rows], schema=schema)
+        for k in user_columns:
+            name = _user_name(k)
+            values = [r[name] for r in rows]
+            if name not in types:
+                try:
+                    kind = pa.array(values).type
+                except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+                    kind = pa.string()
+                types[name] = pa.string() if pa.types.is_null(kind) else kind
+            try:
+                column = pa.array(values, types[name])
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+                column = pa.array([_fits(v, types[name]) for v in values], types[name])
+            table = table.add_column(table.num_columns - 1, name, column)
+        return table
 
     # -- loading (workers) -------------------------------------------------------
     def process(self, batch: pa.Table) -> pa.Table:
@@ -221,6 +250,19 @@ class IngestImageText(Stage):
             raise ledger.Rejected("missing_file", "file not found") from None
         except OSError as e:
             raise ledger.Rejected("unreadable_file", f"cannot read: {e}") from None
+
+
+def _fits(value: Any, kind: pa.DataType) -> Any:
+    """The value when it fits the column's type, else None (it is still in meta)."""
+    if value is None:
+        return None
+    try:
+        pa.array([value], kind)
+        return value
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        if pa.types.is_string(kind):
+            return json.dumps(value, default=str) if not isinstance(value, str) else value
+        return None
 
 
 def _user_name(column: str) -> str:

@@ -198,6 +198,8 @@ class _ShardWriter:
 
 
 class ShardWebDataset(Stage):
+    """Writes the kept samples as WebDataset tars with a parquet index each and a manifest."""
+
     name = "shard_webdataset"
     kind = "sink"
     Params = ShardWebDatasetParams
