@@ -233,3 +233,20 @@ def test_media_is_written_once_and_no_global_shuffle_moves_it(demo_run, full_dem
     assert sum(s["bytes_written"] for s in summary["segments"][:-1]) <= before_shards
     global_shuffles = [s for s in shuffle.recent if s["reduce"] != "_SliceWriter"]
     assert global_shuffles and all(s["columns"] is not None and "image" not in s["columns"] for s in global_shuffles)
+
+
+def test_the_readmes_runnable_snippets_run(demo_run, tmp_path):
+    """Every README code block marked `<!-- runnable: after make demo -->` runs as written,
+    against the demo's run directory."""
+    import re
+
+    out, _ = demo_run
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    snippets = re.findall(r"<!-- runnable: after make demo -->\n```python\n(.*?)```", readme, re.S)
+    assert len(snippets) >= 2
+    (tmp_path / "runs").mkdir()
+    os.symlink(out, tmp_path / "runs" / "demo")
+    for code in snippets:
+        res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "PYTHONPATH": ROOT})
+        assert res.returncode == 0, f"{code}\n{res.stderr[-2000:]}"

@@ -104,3 +104,56 @@ def test_bad_set_value_is_a_clear_error(tmp_path, demo_data):
     res = _run("stage", "ingest_image_text", "--input", demo_data["manifest"], "--output", str(tmp_path / "o"),
                "--set", "quality=[1")
     assert res.returncode == 2 and "not valid YAML" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_inspection_commands(ray_session, demo_data, tmp_path):
+    """status, rejects and plan on a real run; plan names the part of a fingerprint that changed."""
+    import yaml
+
+    job = tmp_path / "job.yaml"
+    stages = [{"ingest_image_text": {"source": demo_data["manifest"], "image_size": 64}},
+              {"filter_datacomp_basic": {}}, {"shard_webdataset": {"samples_per_shard": 30}}]
+    job.write_text(yaml.safe_dump({"name": "i", "stages": stages}))
+    out = str(tmp_path / "run")
+    assert cli.main(["run", str(job), "--output", out]) == 0
+    res = _run("status", out)
+    assert res.returncode == 0 and "complete" in res.stdout and "done     02-shard_webdataset" in res.stdout
+    res = _run("rejects", out, "--reason", "missing_file", "--show", "5")
+    assert "1 rejected" in res.stdout and "ingest_image_text: missing_file" in res.stdout
+    assert "missing.jpg" in res.stdout
+    res = _run("rejects", out, "--json")
+    assert json.loads(res.stdout)["total"] == len([v for v in demo_data["expected"].values() if v != "kept"]) + 3
+    res = _run("plan", str(job), "--output", out)
+    assert res.returncode == 0 and res.stdout.count("-> skip") == 3, res.stdout
+    stages[1]["filter_datacomp_basic"]["min_side"] = 100
+    job.write_text(yaml.safe_dump({"name": "i", "stages": stages}))
+    plan = json.loads(_run("plan", str(job), "--output", out, "--json").stdout)
+    would = {s["segment"]: s["would"] for s in plan["segments"]}
+    assert would["00-listing"].startswith("skip") and would["01-ingest_image_text+filter_datacomp_basic"] == \
+        "redo: filter_datacomp_basic: its parameters changed"
+    assert would["02-shard_webdataset"] == "redo: an earlier segment changed"
+    assert plan["segments"][1]["needs"]["cpus"] == 1.0
+
+
+def test_stage_help_one_stage_and_version():
+    res = _run("stage", "dedup_minhash", "--help")
+    assert res.returncode == 0 and "threshold" in res.stdout and "reads: text" in res.stdout
+    res = _run("stages", "embed_clip")
+    assert "cpus=0.5" in res.stdout and "dedup_minhash" not in res.stdout
+    assert "Near-duplicate texts by MinHash LSH" in _run("stages", "dedup_minhash").stdout
+    assert _run("--version").stdout.startswith("mmcurate ")
+    assert _run("stages", "nope").returncode == 2
+
+
+def test_an_empty_run_warns_and_can_fail(ray_session, tmp_path, capsys):
+    rows = tmp_path / "urls.jsonl"
+    rows.write_text("".join(json.dumps({"url": f"http://127.0.0.1:9/x{i}.jpg", "caption": "x"}) + "\n"
+                            for i in range(4)))
+    out = str(tmp_path / "run")
+    args = ["stage", "ingest_image_text", "--input", str(rows), "--output", out, "--set", "retries=0"]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "warning: the run kept 0 of 4 samples" in printed
+    assert "warning: 4 of 4 inputs were rejected by ingest_image_text as blocked_address " \
+           "(allow_private_networks: true" in printed
+    assert cli.main(args + ["--fail-if-empty"]) == 1

@@ -240,3 +240,19 @@ def test_editing_a_caption_sidecar_changes_the_listing(tmp_path, chelsea):
     (tmp_path / "a.txt").write_text("a new, longer caption")
     after = next(stage.list_inputs()).column("_source_stat").to_pylist()
     assert before != after
+
+
+def test_user_columns_keep_their_types_and_names_that_clash_are_renamed(tmp_path):
+    from jobs.demo_data import jpeg
+
+    (tmp_path / "a.jpg").write_bytes(jpeg(Image.new("RGB", (64, 48), (200, 10, 10))))
+    rows = [{"path": "a.jpg", "caption": "red", "width": 640, "score": 0.5, "tags": ["a", "b"], "ok": True,
+             "size": "wide"},
+            {"path": "a.jpg", "caption": "red", "width": 320, "score": 1, "tags": [], "ok": False, "size": 12}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = pa.concat_tables(list(IngestImageText(source=str(tmp_path / "m.jsonl")).list_inputs()))
+    assert table.schema.field("src_width").type == pa.int64() and table.column("src_width").to_pylist() == [640, 320]
+    assert table.schema.field("score").type == pa.float64() and table.column("ok").to_pylist() == [True, False]
+    assert table.column("tags").to_pylist() == ['["a", "b"]', "[]"]
+    assert table.column("size").to_pylist() == ["wide", "12"]  # mixed types: text
+    assert json.loads(table.column("meta")[1].as_py())["size"] == 12  # and meta keeps the value as it came
