@@ -216,3 +216,13 @@ class ChangeImageQuietly(Stage):
 
     def process(self, batch: pa.Table) -> pa.Table:
         return ledger.set_column(batch, "image", pa.array([b"\xff\xd8 other"] * batch.num_rows, pa.large_binary()))
+
+
+class FailGlobal(Stage):
+    """A global stage that fails: its segment is recorded as failed."""
+
+    name = "test_fail_global"
+    kind = "global"
+
+    def run_global(self, ds, ctx):
+        raise RuntimeError("this stage always fails")

@@ -157,3 +157,20 @@ def test_an_empty_run_warns_and_can_fail(ray_session, tmp_path, capsys):
     assert "warning: 4 of 4 inputs were rejected by ingest_image_text as blocked_address " \
            "(allow_private_networks: true" in printed
     assert cli.main(args + ["--fail-if-empty"]) == 1
+
+
+def test_status_names_a_failed_segment(ray_session, demo_data, tmp_path):
+    import pytest
+
+    from pipeline.inspect import format_status, status
+    from pipeline.runner import Runner
+    from stages.ingest.image_text import IngestImageText
+    from tests.pipeline.helpers import FailGlobal, make_job
+
+    out = str(tmp_path / "run")
+    with pytest.raises(RuntimeError, match="always fails"):
+        Runner(make_job(IngestImageText(source=demo_data["manifest"], image_size=48), FailGlobal()), out,
+               log=lambda *a: None).run()
+    result = status(out)
+    assert not result["complete"] and [s["state"] for s in result["segments"]] == ["done", "done", "failed"]
+    assert "FAILED   02-test_fail_global: RuntimeError: this stage always fails" in format_status(result)
