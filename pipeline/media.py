@@ -12,9 +12,12 @@ written only when that object is not there yet, and the column becomes reference
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow as pa
 
@@ -105,6 +108,56 @@ class Store:
             return ref(uri, len(data)), 0
         fs.write_bytes(uri, data)
         return ref(uri, len(data)), len(data)
+
+    def put_file(self, path: str) -> tuple[dict[str, Any], int]:
+        """A local file into the store, streamed (a long recording is never whole in memory)."""
+        h = hashlib.sha256()
+        size = 0
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+                size += len(chunk)
+        uri = fs.join(self.root, h.hexdigest()[:2], h.hexdigest())
+        if fs.exists(uri):
+            return ref(uri, size), 0
+        if fs.is_local(uri):
+            import shutil
+
+            fs.makedirs(uri.rpartition("/")[0])
+            tmp = f"{uri}.tmp-{os.getpid()}"
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, uri)
+        else:
+            filesystem, target = fs.resolve(uri)
+            with open(path, "rb") as src, filesystem.open_output_stream(target) as dst:
+                for chunk in iter(lambda: src.read(8 << 20), b""):
+                    dst.write(chunk)
+        return ref(uri, size), size
+
+
+@contextlib.contextmanager
+def local_path(value: dict[str, Any]) -> Iterator[str]:
+    """A path to a reference's bytes for programs that want one (libsndfile, ffmpeg): the
+    file itself when it is local and whole, else a temporary copy of its range, streamed."""
+    uri, offset, size = value["uri"], value["offset"], value["size"]
+    if fs.is_local(uri) and offset == 0 and os.path.getsize(uri) == size:
+        yield uri
+        return
+    fd, tmp = tempfile.mkstemp(prefix="mmcurate-media-")
+    try:
+        filesystem, path = fs.resolve(uri)
+        with os.fdopen(fd, "wb") as out, filesystem.open_input_file(path) as f:
+            f.seek(offset)
+            left = size
+            while left > 0:
+                chunk = f.read(min(left, 8 << 20))
+                if not chunk:
+                    break
+                out.write(chunk)
+                left -= len(chunk)
+        yield tmp
+    finally:
+        os.unlink(tmp)
 
 
 def resolve(table: pa.Table, columns: list[str]) -> pa.Table:

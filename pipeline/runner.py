@@ -248,8 +248,11 @@ class StageCall:
         return out
 
     def _run(self, stage: Stage, table: pa.Table) -> pa.Table:
-        refs = [c for c in stage.reads() if c in table.column_names and media.is_ref(table.schema.field(c).type)]
+        streamed = set(stage.streams())
+        refs = [c for c in stage.reads() if c in table.column_names and media.is_ref(table.schema.field(c).type)
+                and c not in streamed]
         given = media.resolve(table, refs)
+        stage.media_store = media.Store(self.media_root)
         out = stage.process(given)
         out = ledger.stamp_stage(ledger.ensure_reject_column(out), stage.name)
         added = {c.name for c in stage.adds() if c.kind == "media"}

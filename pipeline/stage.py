@@ -101,6 +101,10 @@ class Stage:
     # most of its inputs for one of them says which knob to look at.
     reason_hints: ClassVar[dict[str, str]] = {}
 
+    # Where the runner's media store is, for a stage that stores media itself (a long
+    # recording, streamed to a file); None outside a run.
+    media_store: Any = None
+
     def __init__(self, params: Params | dict | None = None, **overrides: Any):
         if isinstance(params, Params):
             params = params.model_dump()
@@ -117,6 +121,11 @@ class Stage:
 
     def adds(self) -> list[Column]:
         """Columns this stage adds or rewrites, with what they are."""
+        return []
+
+    def streams(self) -> list[str]:
+        """Media columns of reads() that the stage opens itself, by reference (a long
+        recording, a video), instead of getting their bytes (pipeline.media.local_path)."""
         return []
 
     def report_sections(self, run_root: str, kept) -> list[dict[str, Any]]:

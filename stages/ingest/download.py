@@ -65,6 +65,7 @@ class Policy:
     per_host_concurrency: int = 4
     per_host_rate: float = 0.0  # requests per second per host; 0 = no limit
     user_agent: str = USER_AGENT
+    kind: str = "image"  # what the body must be, judged by its bytes: image or audio
 
 
 def image_kind(data: bytes) -> str | None:
@@ -76,6 +77,16 @@ def image_kind(data: bytes) -> str | None:
     if data[4:8] == b"ftyp" and data[8:12] in (b"avif", b"avis", b"heic", b"heix", b"mif1"):
         return "avif/heif"
     return None
+
+
+def _is_kind(data: bytes, kind: str) -> bool:
+    if kind == "image":
+        return image_kind(data) is not None
+    if kind == "audio":
+        from .audio import sniff
+
+        return sniff(data[:64]) is not None
+    return True
 
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
@@ -315,12 +326,13 @@ class Downloader:
         data = b"".join(chunks)
         if not data:
             raise DownloadError("empty_file", f"{url}: empty body")
-        if image_kind(data) is None:
+        if not _is_kind(data, p.kind):
             ctype = resp.headers.get("Content-Type", "none")
             head = data[:64].lstrip().lower()
             # what it looks like, never what it holds
             what = "an HTML page" if head.startswith((b"<!doctype html", b"<html", b"<")) else f"{len(data)} bytes"
-            raise DownloadError("not_an_image", f"{url}: {what}, not an image (Content-Type {str(ctype)[:100]})")
+            reason = "not_an_image" if p.kind == "image" else f"not_{p.kind}"
+            raise DownloadError(reason, f"{url}: {what}, not {p.kind} (Content-Type {str(ctype)[:100]})")
         return data
 
     # -- plumbing ---------------------------------------------------------------------

@@ -34,8 +34,10 @@ from pipeline.stage import SourceError  # noqa: F401 - raised here, imported fro
 
 MEDIA_EXTENSIONS = {
     "image": (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"),
+    "audio": (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".webm"),
 }
 CAPTION_EXTENSIONS = (".txt", ".caption")
+TIMED_EXTENSIONS = (".srt", ".vtt")  # timed transcripts beside a recording (and .json with "segments")
 MAX_CELL = 128 << 10  # a manifest cell (caption, path, URL) this long is no caption, path or URL
 CSV_PARSE_LIMIT = 16 << 20  # a "field" this long is an unterminated quote eating the file
 MAX_RECORD_LINES = 64  # a CSV record spanning more lines is an unterminated quote, not a caption
@@ -95,6 +97,7 @@ class Entry:
     # size and mtime of the files read later (media, caption sidecar), so that
     # editing one of them changes the listing and reruns what depends on it
     stat: str | None = None
+    timed: list | None = None  # a timed transcript: [{start, end, text}]
 
     @property
     def source_uri(self) -> str:
@@ -311,7 +314,8 @@ def _caption_value(value: Any) -> tuple[bytes | None, str | None]:
 
 
 def list_manifest(uri: str, path_column: str, text_column: str, url_column: str = "url",
-                  allowed_roots: list[str] | tuple[str, ...] = ()) -> Iterator[Entry]:
+                  allowed_roots: list[str] | tuple[str, ...] = (), other_path_columns: tuple[str, ...] = ()
+                  ) -> Iterator[Entry]:
     """Rows of a manifest; the media is at `path_column`, or at `url_column` when the
     manifest has no path column (a URL list)."""
     uri = _abs(uri)
@@ -325,6 +329,8 @@ def list_manifest(uri: str, path_column: str, text_column: str, url_column: str 
             yield Entry(uri, str(n), reject=why)
             continue
         if not checked:
+            if path_column not in row and url_column not in row:  # a convention of the field (NeMo's)
+                path_column = next((c for c in other_path_columns if c in row), path_column)
             if path_column not in row and url_column in row:
                 path_column, urls = url_column, True
             elif path_column not in row:
@@ -403,6 +409,16 @@ def _walk_remote(uri: str) -> dict[str, tuple[str, int, int]]:
             for i in fs.list_files(uri, recursive=True)}
 
 
+def _timed(uri: str, size: int) -> tuple[list | None, tuple[str, str] | None]:
+    """A timed transcript sidecar, parsed: (cues, None) or (None, reject)."""
+    from .transcripts import TranscriptError, parse
+
+    try:
+        return parse(uri, _read_sidecar(uri, size)), None
+    except (TranscriptError, ValueError, OSError) as e:
+        return None, ("bad_transcript", f"{uri}: {str(e)[:200]}")
+
+
 def _read_sidecar(uri: str, size: int) -> bytes:
     if size > MAX_SIDECAR:
         raise ValueError(f"{size} bytes (at most {MAX_SIDECAR} are read)")
@@ -430,6 +446,10 @@ def list_directory(uri: str, kind: str = "image") -> Iterator[Entry]:
             extra: dict[str, Any] = {}
             stat = ";".join(f"{rel[f][1]}:{rel[f][2]}" for f in (r, txt) if f)
             entry = Entry(uri, r, path=full, caption_path=rel[txt][0] if txt else None, stat=stat)
+            timed = next((stem + e for e in TIMED_EXTENSIONS if stem + e in rel), None)
+            if timed:
+                entry.timed, why = _timed(rel[timed][0], rel[timed][1])
+                entry.reject = entry.reject or why
             if txt and rel[txt][1] > MAX_SIDECAR:
                 entry.reject = ("sidecar_too_large", f"{fs.join(uri, txt)}: {rel[txt][1]} bytes "
                                                      f"(a caption has at most {MAX_SIDECAR})")
@@ -442,9 +462,16 @@ def list_directory(uri: str, kind: str = "image") -> Iterator[Entry]:
                 caption = extra.pop("caption", None)
                 if txt is None and isinstance(caption, str):
                     entry.caption_raw = caption_bytes(caption)
+                if kind == "audio" and entry.timed is None and isinstance(extra.get("segments"), list):
+                    from .transcripts import TranscriptError, parse_segments
+
+                    try:
+                        entry.timed = parse_segments(extra.pop("segments"))
+                    except TranscriptError as e:
+                        entry.reject = ("bad_transcript", f"{fs.join(uri, stem)}.json: {e}")
             entry.extra = clean_text(extra)
             yield entry
-        elif ext in CAPTION_EXTENSIONS + (".json",) and stem in stems_with_media:
+        elif ext in CAPTION_EXTENSIONS + TIMED_EXTENSIONS + (".json",) and stem in stems_with_media:
             continue  # a sidecar, consumed with its media file
         elif os.path.basename(r).startswith("."):
             continue  # hidden files (.DS_Store, editor swap files) are not inputs
@@ -580,9 +607,18 @@ def _tar_entry(tar_uri: str, key: str, members: dict, tf: tarfile.TarFile, kind:
     json_caption = extra.pop("caption", None)
     if caption is None and isinstance(json_caption, str):
         caption = caption_bytes(json_caption)
+    timed = None
+    timed_member = next((e.lstrip(".") for e in TIMED_EXTENSIONS if e.lstrip(".") in members), None)
+    if kind == "audio" and timed_member:
+        from .transcripts import TranscriptError, parse
+
+        try:
+            timed = parse(f"x.{timed_member}", _read_member(tf, members[timed_member]))
+        except (TranscriptError, ValueError) as e:
+            return Entry(tar_uri, key, reject=("bad_transcript", f"{tar_uri}: sample {key!r}: {str(e)[:200]}"))
     extra = clean_text(extra)
     if media is None:
         return Entry(tar_uri, key, extra=extra, reject=(
             "no_media_member", f"{tar_uri}: sample {key!r} has no {kind} member (has {sorted(members)})"))
-    return Entry(tar_uri, key, path=tar_uri, caption_raw=caption, tar_offset=media.offset_data,
+    return Entry(tar_uri, key, path=tar_uri, caption_raw=caption, timed=timed, tar_offset=media.offset_data,
                  tar_size=media.size, extra=extra, stat=f"{media.size}:{media.mtime}")
