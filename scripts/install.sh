@@ -12,10 +12,11 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
   exit 0
 fi
 
-# System libraries for building pillow-simd (JPEG, zlib, WebP, TIFF), and Chromium,
-# in which the tests render the curation report (headless).
+# System libraries for building pillow-simd (JPEG, zlib, WebP, TIFF); Chromium, in which
+# the tests render the curation report (headless); ffmpeg (audio libsndfile cannot read),
+# espeak-ng and sox (real test speech), Chromaprint's fpcalc (audio fingerprints).
 need_apt=()
-for p in libjpeg-dev zlib1g-dev libwebp-dev libtiff-dev chromium; do
+for p in libjpeg-dev zlib1g-dev libwebp-dev libtiff-dev chromium ffmpeg espeak-ng libchromaprint-tools sox; do
   dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -91,6 +91,25 @@ def ffprobe(path: str, timeout: float) -> Probe:
                  int(s.get("channels") or 0), str(s.get("codec_name")), "ffmpeg")
 
 
+def wav_shortfall(path: str) -> int:
+    """Bytes a WAV's data chunk announces beyond the end of the file (0 when whole):
+    libsndfile reads a cut WAV without complaint, up to where it ends."""
+    import struct
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        if f.read(12)[8:12] != b"WAVE":
+            return 0
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk, length = struct.unpack("<4sI", f.read(8))
+            if chunk == b"data":
+                return max(0, pos + 8 + length - size) if length != 0xFFFFFFFF else 0
+            pos += 8 + length + (length & 1)
+    return 0
+
+
 def probe(path: str, timeout: float) -> Probe:
     """The header by libsndfile, else ffprobe."""
     import soundfile as sf
@@ -175,6 +194,7 @@ def db(value: float, floor: float = -200.0) -> float:
 SILENCE_FRAME = 0.02  # s: frames for the silence ratio and the SNR estimate
 SILENCE_DBFS = -60.0  # a 20 ms frame this quiet (RMS) is silence
 CLIP_LEVEL = 0.999  # |sample| at or above this (of full scale) is clipped
+SNR_CEILING = 100.0  # dB: digital silence between words would read as infinite
 
 
 def _k_weighting(rate: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -304,7 +324,8 @@ class Meter:
             ordered = np.sort(power)
             noise = ordered[: max(1, len(ordered) // 10)].mean()
             loud = ordered[len(ordered) // 2:].mean()
-            snr = 10 * math.log10(max(loud - noise, 1e-20) / max(noise, 1e-20))
+            if loud > 1.5 * noise:  # else no pauses to hear the noise in: no estimate
+                snr = min(SNR_CEILING, 10 * math.log10((loud - noise) / max(noise, 1e-20)))
         bandwidth = None
         if self._spectrum is not None and self._spectrum.sum() > 0:
             cumulative = np.cumsum(self._spectrum) / self._spectrum.sum()
