@@ -105,6 +105,11 @@ class Stage:
     # recording, streamed to a file); None outside a run.
     media_store: Any = None
 
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        if cls.kind not in ("row", "global", "sink"):  # a subclass reusing the name for something else
+            raise TypeError(f"{cls.__name__}.kind is {cls.kind!r}; a stage's kind is 'row', 'global' or 'sink'")
+
     def __init__(self, params: Params | dict | None = None, **overrides: Any):
         if isinstance(params, Params):
             params = params.model_dump()

@@ -168,17 +168,20 @@ class LoadedClip:
         return {"model": self.name, "sha256": self.sha256, "random_weights": self.random_weights}
 
 
-def _byte_tokenizer(vocab_size: int, length: int):
-    """For tiny-random only: UTF-8 bytes as token ids between the start and end ids (the
-    two highest ids; CLIP pools the text at the end token)."""
+def _byte_tokenizer(vocab_size: int, length: int, bos: int | None = None, eos: int | None = None, pad: int = 0):
+    """For tiny-random only: UTF-8 bytes as token ids between the start and end ids (by
+    default the two highest ids: CLIP pools the text at the end token)."""
     import torch
 
+    bos = vocab_size - 2 if bos is None else bos
+    eos = vocab_size - 1 if eos is None else eos
+
     def tokenize(texts: list[str]):
-        ids = torch.zeros((len(texts), length), dtype=torch.int64)
+        ids = torch.full((len(texts), length), pad, dtype=torch.int64)
         mask = torch.zeros((len(texts), length), dtype=torch.int64)
         for i, t in enumerate(texts):
-            body = [3 + b for b in (t or "").encode("utf-8")[: length - 2]]
-            row = [vocab_size - 2, *body, vocab_size - 1]
+            body = [4 + b for b in (t or "").encode("utf-8")[: length - 2]]
+            row = [bos, *body, eos]
             ids[i, : len(row)] = torch.tensor(row)
             mask[i, : len(row)] = 1
         return ids, mask
@@ -257,3 +260,117 @@ def load_sentence(spec: str, device: str) -> LoadedSentence:
     except (OSError, ValueError) as e:
         raise ModelError(f"model directory {spec!r} could not be loaded by sentence-transformers: {e}") from None
     return LoadedSentence(model, os.path.basename(os.path.normpath(spec)), weights_sha256(spec))
+
+
+# -- CLAP --------------------------------------------------------------------------------------
+CLAP_RATE = 48_000  # LAION-CLAP and Hugging Face's ClapFeatureExtractor work at 48 kHz
+CLAP_WINDOW = 10.0  # seconds of audio the model sees at once (the feature extractor's max_length_s)
+
+
+def check_clap(spec: str) -> str:
+    if spec == TINY_RANDOM:
+        return spec
+    config = _config(spec)
+    if config.get("model_type") != "clap":
+        raise ModelError(f"{spec}/config.json: model_type is {config.get('model_type')!r}, expected 'clap'")
+    return spec
+
+
+def tiny_clap_config():
+    """A CLAP small enough for a CPU test; HTSAT and RoBERTa towers of the real architecture."""
+    from transformers import ClapConfig
+
+    return ClapConfig(
+        text_config={"vocab_size": 1000, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "max_position_embeddings": 72, "type_vocab_size": 1,
+                     "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2},
+        audio_config={"depths": [1, 1], "num_attention_heads": [2, 2], "patch_embeds_hidden_size": 16,
+                      "hidden_size": 32, "window_size": 8, "spec_size": 256, "num_mel_bins": 64,
+                      "enable_fusion": False},
+        projection_dim=32)
+
+
+def build_random_clap(seed: int = 0):
+    import torch
+    from transformers import ClapModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ClapModel(tiny_clap_config())
+    return model.eval()
+
+
+def save_tiny_clap(path: str, seed: int = 0) -> str:
+    """tiny-random CLAP as a checkpoint directory with its feature extractor's settings."""
+    import json
+
+    model = build_random_clap(seed)
+    model.save_pretrained(path)
+    # a character-level RoBERTa tokenizer (the text tower's own kind): byte-level BPE with no merges
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    chars = [chr(b) for b in printable] + [chr(256 + i) for i in range(256 - len(printable))]
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3} | {c: 4 + i for i, c in enumerate(chars)}
+    with open(os.path.join(path, "vocab.json"), "w") as f:
+        json.dump(vocab, f)
+    with open(os.path.join(path, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\n")
+    with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "RobertaTokenizer", "model_max_length": 64, "bos_token": "<s>",
+                   "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}, f)
+    with open(os.path.join(path, "preprocessor_config.json"), "w") as f:
+        json.dump({"feature_extractor_type": "ClapFeatureExtractor", "feature_size": 64, "sampling_rate": CLAP_RATE,
+                   "hop_length": 480, "max_length_s": int(CLAP_WINDOW), "fft_window_size": 1024}, f)
+    return path
+
+
+@dataclass
+class LoadedClap:
+    model: Any
+    name: str
+    sha256: str
+    features: Any  # a ClapFeatureExtractor: float32 48 kHz windows -> log-mel features
+    tokenize: Any
+    random_weights: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.name, "sha256": self.sha256, "random_weights": self.random_weights}
+
+
+def clap_features(spec: str):
+    """The feature extractor a CLAP spec uses (the CPU side needs only this)."""
+    from transformers import ClapFeatureExtractor
+
+    if spec == TINY_RANDOM:
+        return ClapFeatureExtractor(feature_size=64, sampling_rate=CLAP_RATE, hop_length=480,
+                                    max_length_s=int(CLAP_WINDOW), fft_window_size=1024)
+    return ClapFeatureExtractor.from_pretrained(check_clap(spec), local_files_only=True)
+
+
+def load_clap(spec: str) -> LoadedClap:
+    check_clap(spec)
+    if spec == TINY_RANDOM:
+        model = build_random_clap()
+        cfg = model.config.text_config
+        return LoadedClap(model, spec, state_sha256(model), clap_features(spec),
+                          # RoBERTa: <s>=0, <pad>=1, </s>=2; positions start after the pad id
+                          _byte_tokenizer(cfg.vocab_size, cfg.max_position_embeddings - 2, bos=0, eos=2, pad=1),
+                          random_weights=True)
+    from transformers import AutoTokenizer, ClapModel
+
+    try:
+        model = ClapModel.from_pretrained(spec, local_files_only=True).eval()
+        tokenizer = AutoTokenizer.from_pretrained(spec, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"model directory {spec!r} could not be loaded as CLAP: {e}") from None
+
+    # LAION-CLAP pads and cuts text to 77 tokens; a smaller text tower (RoBERTa positions
+    # start after the pad id) gets what it has room for
+    length = min(77, model.config.text_config.max_position_embeddings - 2)
+
+    def tokenize(texts: list[str]):
+        enc = tokenizer([t or "" for t in texts], padding="max_length", truncation=True, max_length=length,
+                        return_tensors="pt")
+        return enc["input_ids"], enc["attention_mask"]
+
+    return LoadedClap(model, os.path.basename(os.path.normpath(spec)), weights_sha256(spec), clap_features(spec),
+                      tokenize)

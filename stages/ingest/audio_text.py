@@ -56,7 +56,7 @@ class IngestAudio(ListedIngest):
 
     name = "ingest_audio"
     Params = IngestAudioParams
-    kind = "audio"
+    media_kind = "audio"
     modality = "audio"
     reserved = frozenset(AUDIO_TEXT.names)
     other_path_columns = ("audio_filepath",)  # NeMo's manifests

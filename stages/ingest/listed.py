@@ -3,7 +3,7 @@
 A manifest, a URL list, a folder with sidecars or WebDataset tars become rows whose
 identity is fixed before any I/O (stages.ingest.sources); a worker then reads each
 row's bytes (a file, a range of a tar, a download) and hands them to the stage's own
-decoding. Subclasses set `kind` (the media extensions and the download check),
+decoding. Subclasses set `media_kind` (the media extensions and the download check),
 `modality` and `reserved` (their own column names) and write `load(row, data)`.
 """
 from __future__ import annotations
@@ -62,7 +62,7 @@ class IngestParams(RowParams):
 class ListedIngest(Stage):
     """Base of the ingest stages that list a source of media files."""
 
-    kind: ClassVar[str] = "image"  # which media files a source lists, and what downloads must be
+    media_kind: ClassVar[str] = "image"  # which media files a source lists, and what downloads must be
     modality: ClassVar[str] = "image_text"
     reserved: ClassVar[frozenset[str]] = frozenset()  # the stage's own column names (user columns are renamed)
     other_path_columns: ClassVar[tuple[str, ...]] = ()  # manifest path columns of a convention (NeMo's)
@@ -83,7 +83,7 @@ class ListedIngest(Stage):
             retries=p.retries, max_bytes=p.max_bytes, max_redirects=p.max_redirects,
             allow_private_networks=p.allow_private_networks, respect_opt_out=p.respect_opt_out,
             concurrency=p.download_concurrency, per_host_concurrency=p.per_host_concurrency,
-            per_host_rate=p.per_host_rate, kind=self.kind))
+            per_host_rate=p.per_host_rate, kind=self.media_kind))
 
     # -- listing (driver) -----------------------------------------------------
     def _entries(self) -> Iterator[sources.Entry]:
@@ -93,8 +93,8 @@ class ListedIngest(Stage):
             return sources.list_manifest(p.source, p.path_column, p.text_column, p.url_column,
                                          p.allowed_roots, self.other_path_columns)
         if fmt == "directory":
-            return sources.list_directory(p.source, self.kind)
-        return sources.list_tars(p.source, self.kind)
+            return sources.list_directory(p.source, self.media_kind)
+        return sources.list_tars(p.source, self.media_kind)
 
     def list_inputs(self, limit: int | None = None) -> Iterator[pa.Table]:
         rows: list[dict[str, Any]] = []

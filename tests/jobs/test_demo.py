@@ -15,8 +15,8 @@ from pipeline import ledger
 from pipeline.job import load_job
 from pipeline.runner import Runner
 from tests.conftest import ROOT
+from tests.shards import check_shards
 
-CHECKER = os.path.join(ROOT, "..", "shared", "tools", "check_shards.py")
 
 
 @pytest.fixture(scope="module")
@@ -99,10 +99,7 @@ def test_demo_dedup_removes_copies_of_the_same_photograph(demo_run):
 
 def test_shards_pass_the_checker(demo_run):
     out, _ = demo_run
-    assert os.path.exists(CHECKER), f"the shared shard checker is expected at {CHECKER}"
-    res = subprocess.run([sys.executable, CHECKER, os.path.join(out, "shards")], capture_output=True, text=True)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert "violations=0" in res.stdout
+    check_shards(os.path.join(out, "shards"))
 
 
 def test_webdataset_reads_the_shards_with_brace_notation(demo_run):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import yaml
 
@@ -12,8 +11,8 @@ from pipeline import fs, ledger
 from pipeline.job import load_job
 from pipeline.runner import Runner
 from tests.conftest import ROOT
+from tests.shards import check_shards
 
-CHECKER = os.path.join(ROOT, "..", "shared", "tools", "check_shards.py")
 
 
 def _upload(local_dir: str, uri: str) -> None:
@@ -44,8 +43,7 @@ def _shards_read_back(shard_uri: str, expected: int, tmp_path) -> None:
     for info in fs.list_files(shard_uri):
         name = info.path.rsplit("/", 1)[1]
         (local / name).write_bytes(fs.read_bytes(fs.join(shard_uri, name)))
-    res = subprocess.run([sys.executable, CHECKER, str(local)], capture_output=True, text=True)
-    assert res.returncode == 0, res.stdout
+    check_shards(str(local))
 
 
 def test_demo_job_with_output_on_s3(s3_bucket, demo_data, tmp_path):

@@ -105,3 +105,15 @@ def test_fingerprint_follows_the_model_weights_but_not_the_placement(tmp_path):
     weights = next(p for p in (tmp_path / "clip").iterdir() if p.suffix in (".safetensors", ".bin"))
     weights.write_bytes(weights.read_bytes() + b"\0")  # retrained (or replaced) in place
     assert EmbedClip(model=model).fingerprint() != before
+
+
+def test_a_stage_kind_is_row_global_or_sink_and_ingest_streams_with_the_next_stage():
+    from pipeline.runner import plan
+    from pipeline.stage import Stage
+
+    with pytest.raises(TypeError, match="'image'"):
+        type("Odd", (Stage,), {"name": "odd", "kind": "image"})
+    reg = registry()
+    for name in ("ingest_image_text", "ingest_audio"):
+        segs = plan([reg[name](source="x.jsonl"), reg["filter_datacomp_basic" if "image" in name else "segment_audio"]()])
+        assert [s.kind for s in segs] == ["listing", "row"] and len(segs[1].stages) == 2

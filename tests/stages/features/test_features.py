@@ -19,8 +19,8 @@ from stages.features.clip import ClipEncoder, EmbedClip, clip_pixels
 from stages.features.models import ModelError, load_clip, save_tiny_clip
 from stages.features.text import EmbedText, TextEncoder
 from tests.conftest import ROOT
+from tests.shards import check_shards
 
-CHECKER = os.path.join(ROOT, "..", "shared", "tools", "check_shards.py")
 
 
 def _jpeg(arr: np.ndarray) -> bytes:
@@ -159,8 +159,7 @@ def test_actor_pool_of_two_then_shards_carry_the_features(ray_session, demo_data
     assert n == summary["kept"]
     index = fs.read_parquet_dir(os.path.join(out, "shards"))
     assert {"clip_image_emb", "clip_score", "st_caption_emb"} <= set(index.column_names)
-    res = subprocess.run([sys.executable, CHECKER, os.path.join(out, "shards")], capture_output=True, text=True)
-    assert res.returncode == 0 and "violations=0" in res.stdout, res.stdout + res.stderr
+    check_shards(os.path.join(out, "shards"))
 
 
 def test_a_sentence_transformers_directory_loads(tmp_path):
