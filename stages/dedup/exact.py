@@ -1,4 +1,4 @@
-"""Stage `dedup_exact`: one sample kept per identical content, text, or both.
+"""Stage `dedup_exact`: one sample kept per identical content, decoded samples, text, or both.
 
 Only the columns the decision needs (ids, the key's columns, the keep rule's) are
 hash-partitioned by key on Ray tasks (pipeline.shuffle), so that all copies of a
@@ -43,14 +43,15 @@ def text_key(text: str | None) -> str | None:
 
 
 class DedupExactParams(DedupParams):
-    key: Literal["content", "text", "both"] = Field(
-        "content", description="content = content_sha256 of the original bytes; text = normalised `text_column`; "
-                               "both = a duplicate only when both match")
+    key: Literal["content", "pcm", "text", "both"] = Field(
+        "content", description="content = content_sha256 of the original bytes; pcm = pcm_sha256 of decoded audio "
+                               "(a re-muxed or re-tagged copy has the same; identical bytes decode the same); text = "
+                               "normalised `text_column`; both = a duplicate only when content and text match")
     text_column: str = Field("caption", description="text column for key=text or both")
 
 
 class DedupExact(Stage):
-    """Keeps one sample per identical content (original bytes), normalised text, or both."""
+    """Keeps one sample per identical content (original bytes), decoded audio, normalised text, or both."""
 
     name = "dedup_exact"
     kind = "global"
@@ -59,7 +60,8 @@ class DedupExact(Stage):
 
     def reads(self) -> list[str]:
         p = self.params
-        key = {"content": ["content_sha256"], "text": [p.text_column]}.get(p.key, ["content_sha256", p.text_column])
+        key = {"content": ["content_sha256"], "pcm": ["pcm_sha256"], "text": [p.text_column]}.get(
+            p.key, ["content_sha256", p.text_column])
         return key + ([p.keep[4:]] if p.keep.startswith("max:") else [])
 
     def adds(self):
@@ -82,6 +84,8 @@ class DedupExact(Stage):
 
         content = col("content_sha256") if p.key in ("content", "both") else None
         text = [text_key(t) for t in col(p.text_column)] if p.key in ("text", "both") else None
+        if p.key == "pcm":
+            return [g if g is not None else m for g, m in zip(given, col("pcm_sha256"))]
         made = content if p.key == "content" else text if p.key == "text" else \
             [None if c is None or t is None else f"{c}:{t}" for c, t in zip(content, text)]
         return [g if g is not None else m for g, m in zip(given, made)]

@@ -195,6 +195,7 @@ SILENCE_FRAME = 0.02  # s: frames for the silence ratio and the SNR estimate
 SILENCE_DBFS = -60.0  # a 20 ms frame this quiet (RMS) is silence
 CLIP_LEVEL = 0.999  # |sample| at or above this (of full scale) is clipped
 SNR_CEILING = 100.0  # dB: digital silence between words would read as infinite
+BAND_EDGE_DB = 60.0  # dB under the spectrum's peak: above 16-bit dither, below any real content
 
 
 def _k_weighting(rate: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -226,8 +227,12 @@ class Meter:
     snr_db is a frame-energy percentile estimate: noise = mean power of the quietest 10%
     of 20 ms frames, signal = mean power of the loudest 50% minus the noise. It needs
     pauses (speech has them); on a signal without any it reads low.
-    bandwidth_hz is the 99% roll-off of the long-term spectrum: the frequency below which
-    99% of the energy lies (audio upsampled from 8 kHz stays under 4 kHz)."""
+    bandwidth_hz is the band edge of the long-term spectrum (Hann-windowed 4096-point
+    frames): the highest frequency within BAND_EDGE_DB of the spectrum's peak. Audio
+    upsampled from 8 kHz reads about 3.9 kHz, from 16 kHz about 7.7 kHz, whatever its
+    rate now; a pure tone reads its own frequency. (A 99% energy roll-off does not
+    separate them: espeak-ng speech at 22 kHz rolls off at 3.6-7 kHz, its 8 kHz copy at
+    3.4 kHz.)"""
 
     rate: int
     channels: int
@@ -295,7 +300,7 @@ class Meter:
                                    .tolist())
         self._hop_carry = weighted[whole:]
         # long-term spectrum, 4096-point frames
-        spec = np.abs(np.fft.rfft(_frames(mono, 4096), axis=1)) ** 2 if len(mono) >= 4096 else None
+        spec = np.abs(np.fft.rfft(_frames(mono, 4096) * _HANN, axis=1)) ** 2 if len(mono) >= 4096 else None
         if spec is not None:
             total = spec.sum(axis=0)
             self._spectrum = total if self._spectrum is None else self._spectrum + total
@@ -327,9 +332,9 @@ class Meter:
             if loud > 1.5 * noise:  # else no pauses to hear the noise in: no estimate
                 snr = min(SNR_CEILING, 10 * math.log10((loud - noise) / max(noise, 1e-20)))
         bandwidth = None
-        if self._spectrum is not None and self._spectrum.sum() > 0:
-            cumulative = np.cumsum(self._spectrum) / self._spectrum.sum()
-            bandwidth = float(np.searchsorted(cumulative, 0.99) * self.rate / 4096)
+        if self._spectrum is not None and self._spectrum.max() > 0:
+            edge = np.nonzero(self._spectrum > self._spectrum.max() * 10 ** (-BAND_EDGE_DB / 10))[0].max()
+            bandwidth = float(edge * self.rate / 4096)
         tail = self._upsampler.resample_chunk(np.zeros((0, self.channels), np.float32), last=True)
         if len(tail):
             self.true_peak = max(self.true_peak, float(np.abs(tail).max()))
@@ -345,6 +350,9 @@ class Meter:
             "snr_db": None if snr is None else round(snr, 2),
             "bandwidth_hz": None if bandwidth is None else round(bandwidth, 1),
         }
+
+
+_HANN = np.hanning(4096)
 
 
 def _frames(x: np.ndarray, size: int) -> np.ndarray:

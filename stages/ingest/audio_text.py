@@ -70,7 +70,7 @@ class IngestAudio(ListedIngest):
                   "true_peak_dbtp": "true peak (dBTP)", "loudness_lufs": "loudness (LUFS)",
                   "clipping_ratio": "clipped samples (share)", "dc_offset": "DC offset",
                   "silence_ratio": "silent 20 ms frames (share)", "snr_db": "estimated SNR (dB)",
-                  "bandwidth_hz": "bandwidth, 99% roll-off (Hz)"}
+                  "bandwidth_hz": "band edge (Hz)"}
         return [Column("audio", "media", format="@audio_format", preview=waveform), Column("audio_format"),
                 Column("text", "text", format="txt"), Column("content_sha256"), Column("pcm_sha256"),
                 Column("sample_rate"), Column("channels"), Column("codec"), Column("original_sample_rate"),
@@ -170,7 +170,9 @@ class IngestAudio(ListedIngest):
                 if not np.isfinite(block).all():
                     raise ledger.Rejected("corrupt", f"{int((~np.isfinite(block)).sum())} samples are NaN or "
                                                      f"infinite (at {decoded / found.sample_rate:.1f}s)")
-                pcm.update((np.clip(block, -1, 1) * 32767).astype("<i2").tobytes())
+                # rounded back to 16-bit steps: libsndfile and ffmpeg both decode 16-bit as v/32768,
+                # so any container of the same samples hashes the same
+                pcm.update(np.clip(np.rint(block * 32768.0), -32768, 32767).astype("<i2").tobytes())
                 out = audio.mix(block, p.channels)
                 if resampler is not None:
                     out = resampler.resample_chunk(out)

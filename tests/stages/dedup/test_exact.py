@@ -107,3 +107,25 @@ def test_an_index_and_against_remove_copies_of_an_earlier_run(ray_session, tmp_p
     # an index made with another key is refused
     assert cli.main(["stage", "dedup_exact", "--input", docs("c.jsonl", ["x"]), "--output", str(tmp_path / "c"),
                      "--set", "key=content", "--against", index]) == 2
+
+
+def test_key_pcm_finds_a_remuxed_recording_that_content_misses(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    from stages.ingest.audio_text import IngestAudio
+
+    t = np.arange(3 * 16_000) / 16_000
+    x = (9000 * np.sin(2 * np.pi * 440 * t) * np.sin(2 * np.pi * 0.5 * t)).astype(np.int16)
+    sf.write(tmp_path / "a.wav", x, 16_000, subtype="PCM_16")
+    sf.write(tmp_path / "a_copy.flac", x, 16_000, subtype="PCM_16")  # the same samples, another container
+    sf.write(tmp_path / "b.wav", x[::-1].copy(), 16_000, subtype="PCM_16")
+    stage = IngestAudio(source=str(tmp_path))
+    (listed,) = list(stage.list_inputs())
+    rows = stage.process(ledger.ensure_reject_column(listed).drop_columns(["reject"])).drop_columns(["reject"])
+    names = [u.rsplit("/", 1)[1] for u in rows.column("source_uri").to_pylist()]
+    assert [o[0] for o in _outcome(DedupExact(key="content").mark(rows))] == ["kept"] * 3
+    by_pcm = dict(zip(names, _outcome(DedupExact(key="pcm").mark(rows))))
+    assert by_pcm == {"a.wav": ("kept", None), "a_copy.flac": ("duplicate", rows.column("sample_id")[0].as_py()),
+                      "b.wav": ("kept", None)}
+    assert DedupExact(key="pcm").reads() == ["pcm_sha256"]

@@ -77,9 +77,17 @@ def test_bandwidth_tells_upsampled_audio():
     import soxr
 
     rng = np.random.default_rng(2)
-    narrow = soxr.resample((0.1 * rng.standard_normal(8000 * 4)).astype(np.float32), 8000, RATE)
-    wide = (0.1 * rng.standard_normal(RATE * 4)).astype(np.float32)
-    assert measure(narrow)["bandwidth_hz"] < 4000 < 20000 < measure(wide)["bandwidth_hz"]
+    # pink-ish noise (power falling 20 dB a decade, as speech's does) through 8 and 16 kHz
+    white = rng.standard_normal(RATE * 4)
+    f = np.fft.rfftfreq(len(white), 1 / RATE)
+    pink = np.fft.irfft(np.fft.rfft(white) / np.sqrt(np.maximum(f, 50) / 50), len(white))
+    pink = (0.3 * pink / np.abs(pink).max()).astype(np.float32)
+    def through(rate):
+        return soxr.resample(soxr.resample(pink, RATE, rate), rate, RATE)
+    assert 3600 < measure(through(8000))["bandwidth_hz"] < 4000
+    assert 7200 < measure(through(16000))["bandwidth_hz"] < 8000
+    assert measure(pink)["bandwidth_hz"] > 20000
+    assert measure(sine(500))["bandwidth_hz"] == pytest.approx(500, abs=60)  # a tone is as wide as itself
 
 
 def test_silence_ratio():
