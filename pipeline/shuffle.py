@@ -142,14 +142,15 @@ def apply_by_part(parts: list[str], decisions: list, apply: Callable[[pa.Table],
 
 
 def map_tables(parts: list, fn: Callable[[pa.Table], pa.Table], num_cpus: float = 1.0,
-               columns: list[str] | None = None) -> list:
+               columns: list[str] | None = None, streams: list[str] = ()) -> list:
     """fn over every part (a parquet URI or a table reference) as Ray tasks; references back.
-    With `columns`, only those are read, and media references among them arrive as bytes."""
+    With `columns`, only those are read, and media references among them arrive as bytes,
+    but for those in `streams` (fn opens them itself: pipeline.media.local_path)."""
     import ray
 
     def run(source):
         table = read_columns(source, columns)
-        return fn(media.resolve(table, columns) if columns else table)
+        return fn(media.resolve(table, [c for c in columns if c not in streams]) if columns else table)
 
     task = ray.remote(run)
     return [task.options(num_cpus=num_cpus).remote(p) for p in parts]

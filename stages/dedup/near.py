@@ -43,7 +43,7 @@ ROWS_PER_PARTITION = 200_000  # rows of the widest shuffle that one task holds, 
 
 
 class NearDuplicates(Stage):
-    """Base of dedup_minhash and dedup_phash. Subclasses give signature_rows, find_edges,
+    """Base of dedup_minhash, dedup_phash and dedup_audio. Subclasses give signature_rows, find_edges,
     index_settings, size_of, payload_columns and similarity (words for the reject detail)."""
 
     kind = "global"
@@ -129,7 +129,8 @@ class NearDuplicates(Stage):
                 + (f"; against {len(index_parts)} index parts" if index_parts else ""))
         ctx.phase(f"signatures of {ctx.upstream_kept} samples, candidate pairs by bucket, exact verification "
                   f"({n} partitions)")
-        sigs = map_tables(ctx.parts, self.signature_rows, columns=list(dict.fromkeys(ranked + self.payload_columns())))
+        sigs = map_tables(ctx.parts, self.signature_rows, columns=list(dict.fromkeys(ranked + self.payload_columns())),
+                          streams=self.streams())
         edges = self.find_edges(sigs + map_tables(index_parts, self._relabel), n)
         settled, rounds = components(edges, n, phase=ctx.phase)
         ctx.phase(f"connected components settled in {rounds} rounds")
@@ -203,7 +204,8 @@ def _column_names_of(ref) -> list[str]:
 # -- verification of candidate pairs by a payload column -----------------------------------
 def verify_pairs(pairs: list, sigs: list, n: int, payload: str,
                  similar: Callable[[np.ndarray, np.ndarray], bool]) -> list:
-    """Candidate pairs (`_a`, `_b`) whose signature rows' `payload` satisfy similar(a, b):
+    """Candidate pairs (`_a`, `_b`) whose signature rows' `payload` satisfy similar(a, b)
+    (a list column arrives as arrays, a struct column as dicts):
     edges both ways. Two joins by label, each a shuffle: the pair picks up a's payload
     where a's signature row is, then meets b's."""
     def attach(_: int, t: pa.Table) -> pa.Table:
@@ -227,7 +229,7 @@ def verify_pairs(pairs: list, sigs: list, n: int, payload: str,
         for a, b, pay in zip(pairs.column("_a").to_pylist(), pairs.column("_b").to_pylist(),
                              pairs.column("_pay").to_pylist()):
             other = found.get(b)
-            if other is not None and similar(np.asarray(pay), np.asarray(other)):
+            if other is not None and similar(_value(pay), _value(other)):
                 src += [a, b]
                 dst += [b, a]
         return edges_table(src, dst)
@@ -235,6 +237,11 @@ def verify_pairs(pairs: list, sigs: list, n: int, payload: str,
     only = [_select.remote(s, ["_sig", payload]) for s in sigs]
     with_a = hash_partition(list(pairs) + only, n, label_of("_a", n), attach, fetch=False)
     return hash_partition(with_a + only, n, label_of("_b", n), verify, fetch=False)
+
+
+def _value(x: Any) -> Any:
+    """A payload for `similar`: a list as an array, a struct as its dict."""
+    return x if isinstance(x, dict) else np.asarray(x)
 
 
 def edges_table(src: list[str], dst: list[str]) -> pa.Table:
