@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine:
-#   make demo   - install, make the demo data, run jobs/demo.yaml into runs/demo/, audit and check it
+#   make demo   - install, make the demo data, run jobs/demo.yaml into runs/demo/ and jobs/demo_audio.yaml
+#                 into runs/demo-audio/, audit, report and check both
 #   make test   - install, run the test suite
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -18,6 +19,12 @@ demo: setup
 	$(VENV)/bin/mmcurate report runs/demo
 	$(PY) -m jobs.read_shards runs/demo/shards
 	$(PY) $(SHARD_CHECKER) runs/demo/shards
+	$(PY) -m jobs.demo_audio_data runs/demo-audio-data
+	$(VENV)/bin/mmcurate run jobs/demo_audio.yaml --output runs/demo-audio
+	$(VENV)/bin/mmcurate audit runs/demo-audio > runs/demo-audio/audit.json && echo "audit: every recording and segment is in the shards or the rejects (runs/demo-audio/audit.json)"
+	$(VENV)/bin/mmcurate report runs/demo-audio
+	$(PY) -m jobs.read_shards runs/demo-audio/shards
+	$(PY) $(SHARD_CHECKER) runs/demo-audio/shards
 
 test: setup
 	$(PY) -m pytest -q tests

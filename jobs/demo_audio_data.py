@@ -24,6 +24,14 @@ SENTENCES = [
     "Rain falls softly on the roof of the old house.",
     "A red rocket stands on the launch pad before dawn.",
 ]
+TALK = [  # the long recording's sentences (none of them is also a recording of its own)
+    "Good morning and welcome to the weekly meeting of the garden club.",
+    "First, the spring plant sale raised enough money for new tools.",
+    "Second, please water the tomatoes on the east side every evening.",
+    "The compost heap behind the shed is ready to use again.",
+    "Next week we will plant beans, peas and a row of sunflowers.",
+    "Thank you all for coming, and see you next Saturday.",
+]
 CAPTIONS = {"tone_440": "a pure tone at four hundred and forty hertz",
             "tone_1000": "a steady beep at one kilohertz",
             "chords": "a slow sequence of soft organ chords",
@@ -49,13 +57,14 @@ def tone(freq: float, seconds: float, rate: int = RATE, dbfs: float = -12.0) -> 
 
 
 def chords(seconds: float, rate: int = RATE, seed: int = 0) -> np.ndarray:
-    """Music-like: chords of harmonics with a slow envelope, changing every second."""
+    """Music-like: chords of rich tones (16 harmonics falling as an organ's do) with a slow
+    envelope, changing every second."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(int(seconds)):
         t = np.arange(rate) / rate
         roots = rng.choice([196.0, 220.0, 246.9, 261.6, 293.7, 329.6], size=3, replace=False)
-        note = sum(np.sin(2 * np.pi * f * k * t) / k for f in roots for k in (1, 2, 3))
+        note = sum(np.sin(2 * np.pi * f * k * t) / k ** 1.5 for f in roots for k in range(1, 17))
         out.append(note * np.sin(np.pi * t) ** 2)
     x = np.concatenate(out)
     return (0.25 * x / np.abs(x).max()).astype(np.float32)
@@ -100,10 +109,11 @@ def make_audio_demo(out: str) -> dict:
             f.write(caption)
         expected[os.path.basename(path)] = "kept"
 
-    # A long recording: the sentences with pauses between them, and its timed transcript.
+    # A long recording: a talk with pauses between its sentences, and its timed transcript.
     pieces, cues, t = [], [], 0.0
-    for path, text in zip(speech, SENTENCES):
-        x, rate = sf.read(path, dtype="float32")
+    for i, text in enumerate(TALK):
+        x, rate = sf.read(speak(text, os.path.join(out, f".talk_{i}.wav"), voice="en-us", speed=160), dtype="float32")
+        os.unlink(os.path.join(out, f".talk_{i}.wav"))
         pieces += [x, np.zeros(int(1.5 * rate), np.float32)]
         cues.append((t, t + len(x) / rate, text))
         t += len(x) / rate + 1.5
@@ -127,6 +137,15 @@ def make_audio_demo(out: str) -> dict:
         with open(os.path.join(out, os.path.splitext(name)[0] + ".txt"), "w") as f:
             f.write(SENTENCES[0])
         expected[name] = "kept"
+    # Telephone speech: another sentence through an 8 kHz channel, back at 22 kHz (narrowband)
+    import soxr
+
+    narrow = os.path.join(out, "telephone.wav")
+    x, rate = sf.read(speech[3], dtype="float32")
+    write(narrow, soxr.resample(soxr.resample(x, rate, 8000), 8000, rate), rate)
+    with open(narrow[:-4] + ".txt", "w") as f:
+        f.write(SENTENCES[3])
+    expected["telephone.wav"] = "kept"
     x, rate = sf.read(base, dtype="float32")
     cut = int(0.05 * len(x))
     write(os.path.join(out, "variant_trimmed.wav"), x[cut:len(x) - cut], rate)

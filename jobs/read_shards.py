@@ -28,8 +28,16 @@ def main(shard_dir: str) -> int:
         members.update(k for k in sample if not k.startswith("__"))
         if n == 1:
             meta = json.loads(sample["json"])
-            print(f"first sample {sample['__key__']}: caption {sample.get('txt', b'').decode()!r}, "
-                  f"{meta.get('width')}x{meta.get('height')} {meta.get('image_format')}")
+            if meta.get("audio_format"):  # decoded as a trainer would, with soundfile
+                import io
+
+                import soundfile as sf
+
+                audio, rate = sf.read(io.BytesIO(sample[meta["audio_format"]]))
+                what = f"{len(audio) / rate:.2f} s at {rate} Hz ({meta['audio_format']})"
+            else:
+                what = f"{meta.get('width')}x{meta.get('height')} {meta.get('image_format')}"
+            print(f"first sample {sample['__key__']}: text {sample.get('txt', b'').decode()!r}, {what}")
     print(f"webdataset read {n} samples from {pattern} (manifest v{manifest['version']}: "
           f"{sum(s['samples'] for s in manifest['shards'])} in {len(names)} shards); members {dict(members)}")
     return 0 if n == sum(s["samples"] for s in manifest["shards"]) else 1

@@ -22,7 +22,13 @@ Model over precomputed features: a projection tower per modality into a shared s
 - an optional classification head (`label_field` in meta); meta.sample_weight
   weights every loss term.
 Held-out split by cluster_id (else sample_id), so near-duplicates never straddle it;
-retrieval recall@1/5/10 from the first modality to the second.
+retrieval recall@1/5/10 for every pair of modalities that held-out samples carry
+together, from the earlier to the later in `modalities` (the first such pair is also
+reported at the top level).
+
+Several shard sets train together: `shards` may be a list of patterns (image-text and
+audio-text shards, say). With modalities [clip_image_emb, clap_audio_emb,
+st_caption_emb], the caption tower learns from images and recordings alike.
 """
 from __future__ import annotations
 
@@ -46,7 +52,7 @@ MODALITIES = ["clip_image_emb", "clip_text_emb", "st_caption_emb"]
 
 @dataclass
 class TrainConfig:
-    shards: str = "runs/demo/shards/demo-{000000..000005}.tar"
+    shards: str | list[str] = "runs/demo/shards/demo-{000000..000005}.tar"  # a brace pattern, or a list of them
     output: str = "runs/train"
     modalities: list[str] = field(default_factory=lambda: list(MODALITIES))
     fusion: str = "late"  # late | early
@@ -71,9 +77,11 @@ class TrainConfig:
 
 
 # -- data -----------------------------------------------------------------------------------
-def expand(pattern: str) -> list[str]:
+def expand(pattern: str | list[str]) -> list[str]:
     import braceexpand
 
+    if isinstance(pattern, list):
+        return [u for p in pattern for u in expand(p)]
     urls = []
     for u in braceexpand.braceexpand(pattern):
         urls += sorted(glob.glob(u)) if "://" not in u and any(c in u for c in "*?[") else [u]
@@ -240,23 +248,30 @@ def loss_fn(model, batch, cfg: TrainConfig, classes: dict[str, int]):
 
 
 # -- evaluation -----------------------------------------------------------------------------
-def retrieval(model, urls: list[str], cfg: TrainConfig, dims: dict[str, int]) -> dict[str, float]:
-    """Recall@1/5/10 from the first modality to the second over the held-out samples."""
+def retrieval(model, urls: list[str], cfg: TrainConfig, dims: dict[str, int]) -> dict[str, Any]:
+    """Recall@1/5/10 over the held-out samples, for every pair of modalities they carry
+    together (earlier -> later in cfg.modalities); the first pair's also at the top level."""
     import torch
 
     core = model.module if hasattr(model, "module") else model
-    a, b = cfg.modalities[0], cfg.modalities[1]
-    samples = [s for s in dataset(urls, cfg, 0, "eval") if s[a] is not None and s[b] is not None]
-    if len(samples) < 2:
-        return {"eval_samples": len(samples)}
+    held_out = list(dataset(urls, cfg, 0, "eval"))
     device = next(core.parameters()).device
-    batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in collate(samples, cfg, dims).items()}
-    with torch.no_grad():
-        z = core.project(batch)
-        scores = z[a] @ z[b].T if cfg.fusion == "late" else core.pair_scores(z[a], z[b])
-    ranks = (scores > scores.diag()[:, None]).sum(1)
-    out = {f"r@{k}": float((ranks < k).float().mean()) for k in (1, 5, 10)}
-    return {**out, "eval_samples": len(samples), "chance_r@1": 1 / len(samples)}
+    pairs: dict[str, dict[str, float]] = {}
+    for i, a in enumerate(cfg.modalities):
+        for b in cfg.modalities[i + 1:]:
+            samples = [s for s in held_out if s[a] is not None and s[b] is not None]
+            if len(samples) < 2:
+                continue
+            batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in collate(samples, cfg, dims).items()}
+            with torch.no_grad():
+                z = core.project(batch)
+                scores = z[a] @ z[b].T if cfg.fusion == "late" else core.pair_scores(z[a], z[b])
+            ranks = (scores > scores.diag()[:, None]).sum(1)
+            pairs[f"{a}->{b}"] = {**{f"r@{k}": float((ranks < k).float().mean()) for k in (1, 5, 10)},
+                                  "eval_samples": len(samples), "chance_r@1": 1 / len(samples)}
+    if not pairs:
+        return {"eval_samples": 0, "retrieval": {}}
+    return {**next(iter(pairs.values())), "retrieval": pairs}
 
 
 # -- the loop -------------------------------------------------------------------------------

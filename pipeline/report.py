@@ -44,14 +44,23 @@ def _job_stages(rd: RunDir) -> tuple[list[Stage], str | None]:
         return [], f"the job's stages could not be rebuilt ({type(e).__name__}: {str(e)[:200]}): no metrics or previews"
 
 
-def _preview(column: Column | None, ref: dict | None) -> str | None:
-    if column is None or column.preview is None or ref is None:
-        return None
+def _preview(column: Column | None, ref: dict | None) -> dict[str, str | None]:
+    """A card's picture and, for media that plays, its excerpt: as data: URIs."""
+    out: dict[str, str | None] = {"src": None, "play": None}
+    if column is None or ref is None or (column.preview is None and column.excerpt is None):
+        return out
     try:
-        data = column.preview(media.read(ref))
+        data = media.read(ref)
+        picture = column.preview(data) if column.preview else None
+        clip = column.excerpt(data) if column.excerpt else None
     except Exception:  # noqa: BLE001 - a preview that cannot be made is left out
-        return None
-    return "data:image/jpeg;base64," + base64.b64encode(data).decode() if data else None
+        return out
+    if picture:
+        kind = "image/png" if picture[:8] == b"\x89PNG\r\n\x1a\n" else "image/jpeg"
+        out["src"] = f"data:{kind};base64," + base64.b64encode(picture).decode()
+    if clip:
+        out["play"] = f"data:{clip[0]};base64," + base64.b64encode(clip[1]).decode()
+    return out
 
 
 def _histogram(values: np.ndarray, bins: int = 20) -> dict[str, Any]:
@@ -72,7 +81,7 @@ def build(run_dir: str) -> dict[str, Any]:
     stages, note = _job_stages(rd)
     declared = {c.name: c for s in stages for c in s.adds()}
     metrics = {n: c for n, c in declared.items() if c.kind == "metric"}
-    shown = next((c for c in declared.values() if c.kind == "media" and c.preview), None)
+    shown = next((c for c in declared.values() if c.kind == "media" and (c.preview or c.excerpt)), None)
     text = next((n for n, c in declared.items() if c.kind == "text"), None)
     report: dict[str, Any] = {"job": summary.get("job"), "inputs": summary.get("inputs"), "kept": summary.get("kept"),
                               "rejected": summary.get("rejected"), "funnel": [], "metrics": {}, "sections": [],
@@ -90,7 +99,7 @@ def build(run_dir: str) -> dict[str, Any]:
                 report["metrics"][column] = {"label": c.label or column, **_histogram(values)}
         for row in kept.slice(0, PREVIEWS_KEPT).to_pylist():
             report["previews"]["kept"].append({"sample_id": row["sample_id"], "text": row.get(text),
-                                               "src": _preview(shown, row.get(shown.name) if shown else None)})
+                                               **_preview(shown, row.get(shown.name) if shown else None)})
     for stage in stages:
         report["sections"] += stage.report_sections(rd.root, kept)
     for d in rd.reject_dirs():
@@ -102,7 +111,7 @@ def build(run_dir: str) -> dict[str, Any]:
             items = report["previews"]["rejected"].setdefault(key, [])
             if len(items) < PREVIEWS_PER_REASON:
                 items.append({"sample_id": row["sample_id"], "text": row.get(text), "detail": row["reject_detail"],
-                              "src": _preview(shown, row.get(shown.name) if shown else None)})
+                              **_preview(shown, row.get(shown.name) if shown else None)})
     return report
 
 
@@ -114,6 +123,7 @@ th{background:#f3f4f8}td.n{text-align:right;font-variant-numeric:tabular-nums}
 .warn{background:#fff4d6;border:1px solid #f0c36d;padding:8px 12px;margin:12px 0}
 .grid{display:flex;flex-wrap:wrap;gap:8px}.card{width:112px;font-size:11px;color:#555}
 .card img{width:96px;height:96px;object-fit:cover;display:block;background:#eee}
+.card.plays{width:208px}.card.plays img{width:192px;height:64px;object-fit:contain}.card audio{width:200px;height:32px}
 .hists{display:flex;flex-wrap:wrap;gap:16px}.hist{font-size:12px}"""
 
 
@@ -135,8 +145,10 @@ def _cards(items: list[dict[str, Any]], detail: bool = False) -> str:
     for it in items:
         img = f'<img src="{it["src"]}" alt="">' if it.get("src") else '<div style="width:96px;height:96px;' \
                                                                       'background:#eee"></div>'
+        play = f'<audio controls preload="none" src="{it["play"]}"></audio>' if it.get("play") else ""
         text = it.get("detail") if detail else it.get("text")
-        out.append(f'<div class="card">{img}<div>{e(str(text or ""))[:120]}</div></div>')
+        out.append(f'<div class="card{" plays" if play else ""}">{img}{play}<div>{e(str(text or ""))[:120]}</div>'
+                   '</div>')
     return '<div class="grid">' + "".join(out) + "</div>"
 
 

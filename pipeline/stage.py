@@ -70,7 +70,9 @@ class Column:
     kind: Literal["media", "text", "embedding", "metric", "value"] = "value"
     format: str = ""
     label: str = ""
-    preview: Callable[[bytes], bytes | None] | None = None  # media: a small picture of it, for the report
+    preview: Callable[[bytes], bytes | None] | None = None  # media: a small picture of it (PNG/JPEG), for the report
+    # media: a short excerpt a browser plays, as (MIME type, bytes), for the report's player
+    excerpt: Callable[[bytes], tuple[str, bytes] | None] | None = None
 
 
 class Stage:

@@ -395,6 +395,18 @@ def read_range(path: str, start: float, end: float, rate: int | None = None) -> 
     return data, rate or sr
 
 
+def pcm16(block: np.ndarray) -> bytes:
+    """Samples rounded back to 16-bit steps: libsndfile and ffmpeg both decode 16-bit audio
+    as v/32768, so any container of the same samples gives the same bytes."""
+    return np.clip(np.rint(block * 32768.0), -32768, 32767).astype("<i2").tobytes()
+
+
+def pcm_sha256(samples: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(pcm16(samples)).hexdigest()
+
+
 def encode_flac(samples: np.ndarray, rate: int) -> bytes:
     import soundfile as sf
 

@@ -71,7 +71,7 @@ class IngestAudio(ListedIngest):
                   "clipping_ratio": "clipped samples (share)", "dc_offset": "DC offset",
                   "silence_ratio": "silent 20 ms frames (share)", "snr_db": "estimated SNR (dB)",
                   "bandwidth_hz": "band edge (Hz)"}
-        return [Column("audio", "media", format="@audio_format", preview=waveform), Column("audio_format"),
+        return [Column("audio", "media", format="@audio_format", preview=waveform, excerpt=excerpt), Column("audio_format"),
                 Column("text", "text", format="txt"), Column("content_sha256"), Column("pcm_sha256"),
                 Column("sample_rate"), Column("channels"), Column("codec"), Column("original_sample_rate"),
                 Column("original_channels"), Column("original_bytes"), Column("transcript_segments"),
@@ -170,9 +170,7 @@ class IngestAudio(ListedIngest):
                 if not np.isfinite(block).all():
                     raise ledger.Rejected("corrupt", f"{int((~np.isfinite(block)).sum())} samples are NaN or "
                                                      f"infinite (at {decoded / found.sample_rate:.1f}s)")
-                # rounded back to 16-bit steps: libsndfile and ffmpeg both decode 16-bit as v/32768,
-                # so any container of the same samples hashes the same
-                pcm.update(np.clip(np.rint(block * 32768.0), -32768, 32767).astype("<i2").tobytes())
+                pcm.update(audio.pcm16(block))
                 out = audio.mix(block, p.channels)
                 if resampler is not None:
                     out = resampler.resample_chunk(out)
@@ -235,6 +233,30 @@ def _printable(head: bytes) -> bool:
         return b"\0" not in head
     except UnicodeDecodeError:
         return False
+
+
+EXCERPT_SECONDS = 8.0
+EXCERPT_RATE = 16_000
+
+
+def excerpt(data: bytes) -> tuple[str, bytes] | None:
+    """The first seconds of a recording as a small Ogg Vorbis (mono, 16 kHz), for the
+    report's player: a few kB where the FLAC would take a few hundred."""
+    import soundfile as sf
+    import soxr
+
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            samples = f.read(int(EXCERPT_SECONDS * f.samplerate), dtype="float32", always_2d=True)
+            rate = f.samplerate
+    except Exception:  # noqa: BLE001 - a preview is best effort
+        return None
+    if not len(samples):
+        return None
+    mono = soxr.resample(samples.mean(axis=1), rate, EXCERPT_RATE) if rate != EXCERPT_RATE else samples.mean(axis=1)
+    buf = io.BytesIO()
+    sf.write(buf, mono, EXCERPT_RATE, format="OGG", subtype="VORBIS")
+    return "audio/ogg", buf.getvalue()
 
 
 def waveform(data: bytes, width: int = 192, height: int = 64) -> bytes | None:

@@ -15,6 +15,7 @@ carry it (`text_scope: recording` says so).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any, Literal
 
@@ -61,9 +62,9 @@ class SegmentAudio(Stage):
         return [self.params.audio_column]
 
     def adds(self) -> list[Column]:
-        from stages.ingest.audio_text import waveform
+        from stages.ingest.audio_text import excerpt, waveform
 
-        return [Column(self.params.audio_column, "media", format="@audio_format", preview=waveform),
+        return [Column(self.params.audio_column, "media", format="@audio_format", preview=waveform, excerpt=excerpt),
                 Column("segment_start", "metric", label="segment start (s)"),
                 Column("segment_end"), Column("text_scope")]
 
@@ -105,7 +106,8 @@ class SegmentAudio(Stage):
         samples, rate = audio.read_range(path, start, end)
         meter = audio.Meter(rate, samples.shape[1])
         meter.add(samples)
-        stored = self.media_store.put(audio.encode_flac(samples, rate))[0]
+        encoded = audio.encode_flac(samples, rate)
+        stored = self.media_store.put(encoded)[0]
         fields = {k: v for k, v in row.items() if k not in ("reject", "sample_id", "parent_id")}
         text, scope = row.get("text"), "recording"
         cues = None
@@ -114,7 +116,10 @@ class SegmentAudio(Stage):
             cues = [{**c, "start": round(c["start"] - start, 3), "end": round(c["end"] - start, 3)} for c in timed
                     if start <= (c["start"] + c["end"]) / 2 < end]
         return ledger.child(row, f"t={start:.2f}-{end:.2f}", **{
-            **fields, **meter.metrics(), self.params.audio_column: stored, "audio_format": "flac",
+            # the segment's own identity: its bytes and samples, not its recording's
+            **fields, "content_sha256": hashlib.sha256(encoded).hexdigest(), "pcm_sha256": audio.pcm_sha256(samples),
+            "original_bytes": len(encoded),
+            **meter.metrics(), self.params.audio_column: stored, "audio_format": "flac",
             "sample_rate": rate, "channels": samples.shape[1], "segment_start": round(start, 3),
             "segment_end": round(end, 3), "text": text, "text_scope": scope if text else None,
             "transcript_segments": json.dumps(cues) if cues is not None else None})

@@ -18,8 +18,10 @@ from tests.conftest import ROOT
 N, D = 800, 32
 
 
-def _make_shards(root, missing_text: float = 0.0, seed: int = 0, labels: bool = False) -> str:
-    """Paired features: text = a noisy linear map of the image. Clusters of 2 share a cluster_id."""
+def _make_shards(root, missing_text: float = 0.0, seed: int = 0, labels: bool = False,
+                 names: tuple[str, str] = ("clip_image_emb", "clip_text_emb"), prefix: str = "s") -> str:
+    """Paired features: text = a noisy linear map of the image (or recording). Clusters of 2
+    share a cluster_id."""
     from pipeline.job import parse_job
     from pipeline.runner import Runner
 
@@ -29,12 +31,13 @@ def _make_shards(root, missing_text: float = 0.0, seed: int = 0, labels: bool = 
     unit = lambda x: (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)  # noqa: E731
     image, text = unit(image), unit(text)
     drop = rng.random(N) < missing_text
-    rows = {"sample_id": [f"s{i:04d}" for i in range(N)], "cluster_id": [f"c{i // 2}" for i in range(N)],
-            "clip_image_emb": pa.array(list(image), pa.list_(pa.float16())),
-            "clip_text_emb": pa.array([None if d else t for d, t in zip(drop, text)], pa.list_(pa.float16()))}
+    rows = {"sample_id": [f"{prefix}{i:04d}" for i in range(N)], "cluster_id": [f"{prefix}c{i // 2}" for i in range(N)],
+            names[0]: pa.array(list(image), pa.list_(pa.float16())),
+            names[1]: pa.array([None if d else t for d, t in zip(drop, text)], pa.list_(pa.float16()))}
     if labels:  # a class from the sign of the first image feature; the positives weigh double
         rows["meta"] = [json.dumps({"label": "pos" if v[0] > 0 else "neg", "sample_weight": 2.0 if v[0] > 0 else 1.0})
                         for v in image]
+    os.makedirs(root, exist_ok=True)
     src = os.path.join(root, "features.parquet")
     pq.write_table(pa.table(rows), src)
     job = parse_job({"name": "synthetic", "stages": [{"ingest_table": {"source": src}},
@@ -52,6 +55,25 @@ def _cfg(shards: str, out, **kw) -> TrainConfig:
     base = dict(shards=shards, output=str(out), modalities=["clip_image_emb", "clip_text_emb"], batch_size=64,
                 steps=300, lr=3e-3, warmup=20, checkpoint_every=0, eval_percent=20, dim=32, hidden=128)
     return TrainConfig(**{**base, **kw})
+
+
+def test_audio_text_retrieval_and_a_run_over_image_and_audio_shards(ray_session, shards, tmp_path, capsys):
+    """Audio-text shards (clap_audio_emb and a caption embedding), alone and together with
+    image-text shards: one caption tower learns from both."""
+    audio = _make_shards(str(tmp_path / "audio"), seed=1, names=("clap_audio_emb", "clap_text_emb"), prefix="a")
+    alone = train(_cfg(audio, tmp_path / "alone", modalities=["clap_audio_emb", "clap_text_emb"]))
+    assert alone["r@1"] >= 10 * alone["chance_r@1"]
+    image = _make_shards(str(tmp_path / "image"), seed=2, names=("clip_image_emb", "st_caption_emb"), prefix="i")
+    audio2 = _make_shards(str(tmp_path / "audio2"), seed=3, names=("clap_audio_emb", "st_caption_emb"), prefix="b")
+    both = train(_cfg([image, audio2], tmp_path / "both", modalities=["clip_image_emb", "clap_audio_emb",
+                                                                       "st_caption_emb"], steps=400))
+    pairs = both["retrieval"]
+    assert set(pairs) == {"clip_image_emb->st_caption_emb", "clap_audio_emb->st_caption_emb"}
+    with capsys.disabled():
+        print(f"\naudio-text alone: R@1 {alone['r@1']:.3f} (chance {alone['chance_r@1']:.4f}); together: " + "; ".join(
+            f"{k} R@1 {v['r@1']:.3f} (chance {v['chance_r@1']:.4f})" for k, v in pairs.items()))
+    for result in pairs.values():
+        assert result["eval_samples"] > 100 and result["r@1"] >= 10 * result["chance_r@1"]
 
 
 @pytest.mark.parametrize("fusion", ["late", "early"])

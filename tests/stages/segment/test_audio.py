@@ -1,11 +1,13 @@
 """segment_audio: recordings into children by voice activity or windows, transcripts cut to spans."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 
 import pytest
+import soundfile as sf
 
 from pipeline import fs, ledger, media
 from pipeline.runner import Runner
@@ -17,11 +19,11 @@ from tests.pipeline.helpers import make_job
 
 @pytest.fixture(scope="module")
 def audio_set(tmp_path_factory):
-    from jobs.demo_audio_data import SENTENCES, make_audio_demo
+    from jobs.demo_audio_data import TALK, make_audio_demo
 
     out = str(tmp_path_factory.mktemp("audio"))
     info = make_audio_demo(out)
-    info["dir"], info["sentences"] = out, SENTENCES
+    info["dir"], info["sentences"] = out, TALK
     return info
 
 
@@ -60,7 +62,8 @@ def test_fixed_windows_untimed_text_and_a_silent_stretch(tmp_path, audio_set):
     splitter.media_store = store
     out = splitter.process(rows).to_pylist()
     talk = sorted((r["segment_start"], r["segment_end"]) for r in out if "long_talk" in r["source_uri"])
-    assert talk == [(0.0, 10.0), (10.0, 20.0), (20.0, 28.808)]
+    duration = sf.info(os.path.join(audio_set["dir"], "long_talk.wav")).duration
+    assert talk == [(0.0, 10.0), (10.0, 20.0), (20.0, 30.0), (30.0, round(duration, 3))]
     chords = [r for r in out if "chords" in r["source_uri"]]
     assert [(r["segment_start"], r["segment_end"], r["text"]) for r in chords] == [(0.0, 6.0, None)]
     speech = [r for r in out if r["source_uri"].endswith("speech_01.wav")]
@@ -70,10 +73,13 @@ def test_fixed_windows_untimed_text_and_a_silent_stretch(tmp_path, audio_set):
     cut = [r for r in allowed.process(rows).to_pylist() if "speech_01.wav" in r["source_uri"]]
     assert cut and all(r["text_scope"] == "recording" and r["parent_id"] for r in cut)
     # a segment is read by seeking, and encoded once: its bytes decode to its span
-    import io
-
-    import soundfile as sf
     seg = next(r for r in out if r.get("parent_id") and r["segment_start"] == 10.0)
     data, rate = sf.read(io.BytesIO(media.read(seg["audio"])))
     assert len(data) / rate == pytest.approx(10.0, abs=0.01) and seg["duration"] == pytest.approx(10.0, abs=0.01)
-    assert [c["text"] for c in json.loads(seg["transcript_segments"])] == [t for t in audio_set["sentences"][2:4]]
+    recording = next(r for r in rows.to_pylist() if "long_talk" in r["source_uri"])
+    cues = json.loads(recording["transcript_segments"])
+    assert [c["text"] for c in json.loads(seg["transcript_segments"])] == \
+        [c["text"] for c in cues if 10.0 <= (c["start"] + c["end"]) / 2 < 20.0]
+    # a segment is a sample of its own: its own bytes and samples, not its recording's
+    assert seg["pcm_sha256"] != recording["pcm_sha256"] and seg["content_sha256"] != recording["content_sha256"]
+    assert seg["original_bytes"] == seg["audio"]["size"] < recording["original_bytes"]
