@@ -36,6 +36,15 @@ FEATURES = "__tmp_clap_features"  # float32 (windows, frames, mels) per row, as 
 WINDOWS = "__tmp_clap_windows"
 
 
+def window_starts(frames: int, size: int, limit: int) -> list[int]:
+    """Where the windows of `size` frames begin: back to back, or `limit` of them taken
+    evenly over a longer recording."""
+    starts = list(range(0, max(1, frames), size))
+    if len(starts) > limit:
+        starts = [starts[int(i * (len(starts) - 1) / (limit - 1))] for i in range(limit)] if limit > 1 else starts[:1]
+    return starts
+
+
 def windows(samples: np.ndarray, rate: int, limit: int) -> list[np.ndarray]:
     """Mono 48 kHz windows of CLAP_WINDOW seconds (the last one as long as what is left)."""
     import soxr
@@ -44,10 +53,24 @@ def windows(samples: np.ndarray, rate: int, limit: int) -> list[np.ndarray]:
     if rate != CLAP_RATE:
         mono = soxr.resample(mono.astype(np.float32), rate, CLAP_RATE)
     size = int(CLAP_WINDOW * CLAP_RATE)
-    starts = list(range(0, max(1, len(mono)), size))
-    if len(starts) > limit:  # evenly over the recording
-        starts = [starts[int(i * (len(starts) - 1) / (limit - 1))] for i in range(limit)] if limit > 1 else starts[:1]
-    return [mono[s:s + size].astype(np.float32) for s in starts]
+    return [mono[s:s + size].astype(np.float32) for s in window_starts(len(mono), size, limit)]
+
+
+def read_windows(data: bytes, limit: int) -> list[np.ndarray]:
+    """The windows of an encoded recording, each read by seeking (a long recording is never
+    decoded whole: at most `limit` windows are), mixed to mono and resampled to 48 kHz."""
+    import soundfile as sf
+    import soxr
+
+    with sf.SoundFile(io.BytesIO(data)) as f:
+        size = int(CLAP_WINDOW * f.samplerate)
+        out = []
+        for start in window_starts(f.frames, size, limit):
+            f.seek(start)
+            block = f.read(size, dtype="float32", always_2d=True).mean(axis=1)
+            out.append(soxr.resample(block, f.samplerate, CLAP_RATE).astype(np.float32) if f.samplerate != CLAP_RATE
+                       else block)
+    return out
 
 
 def log_mel(extractor, windows_: list[np.ndarray]) -> np.ndarray:
@@ -152,14 +175,11 @@ class EmbedClap(ModelStage):
         self.encoder = ClapEncoder(p.model, p.device, p.precision)
 
     def prepare(self, batch: pa.Table) -> pa.Table:
-        import soundfile as sf
-
         extractor = clap_features(self.params.model)
         feats, counts, rejects = [], [], []
         for data in batch.column(self.params.audio_column).to_pylist():
             try:
-                samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-                w = windows(samples, rate, self.params.max_windows)
+                w = read_windows(data, self.params.max_windows)
                 feats.append(log_mel(extractor, w).tobytes())
                 counts.append(len(w))
                 rejects.append(None)

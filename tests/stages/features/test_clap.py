@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 import soundfile as sf
 
-from stages.features.clap import ClapEncoder, EmbedClap, log_mel, windows
+from stages.features.clap import ClapEncoder, EmbedClap, log_mel, read_windows, windows
 from stages.features.models import CLAP_RATE, save_tiny_clap
 
 
@@ -38,6 +38,11 @@ def test_a_long_recording_is_the_mean_of_its_windows(stage):
                                      "text": ["tones"], "meta": ["{}"]})).column("clap_audio_emb").to_pylist()
     parts = windows(x[:, None], 22_050, 60)
     assert len(parts) == 3 and all(len(p) == 10 * CLAP_RATE for p in parts)
+    read = read_windows(flac(x, 22_050), 60)  # by seeking in the encoded file: the same windows (each
+    inner = slice(4800, -4800)                # resampled alone: only its first and last 0.1 s differ)
+    assert len(read) == 3 and all(np.abs(a[inner] - b[inner]).max() < 1e-3 for a, b in zip(read, parts))
+    evenly = read_windows(flac(tones(95), 22_050), 4)  # 10 windows' worth, 4 taken evenly: 0, 30, 60, 90 s
+    assert [len(w) for w in evenly] == [10 * CLAP_RATE] * 3 + [5 * CLAP_RATE]
     each = stage.encoder.encode_windows(log_mel(stage.encoder.loaded.features, parts)).astype(np.float32)
     mean = each.mean(axis=0)
     np.testing.assert_allclose(np.asarray(emb, np.float32), mean / np.linalg.norm(mean), atol=2e-3)
