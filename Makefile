@@ -36,6 +36,8 @@ bench: setup
 	$(PY) bench/bench_dedup.py
 	$(PY) bench/bench_phash.py
 	$(PY) bench/bench_clip.py
+	$(PY) bench/bench_audio.py
+	$(PY) bench/bench_audio_dedup.py
 
 clean:
 	rm -rf runs .venv .venv-pillow bench/_data

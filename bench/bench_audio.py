@@ -137,7 +137,7 @@ def bench_clap(windows: int) -> None:
 
 
 HOUR_CHILD = r'''
-import json, resource, sys, time
+import json, sys, time
 sys.path.insert(0, sys.argv[1])
 what, path, store = sys.argv[2], sys.argv[3], sys.argv[4]
 t0 = time.perf_counter()
@@ -162,7 +162,9 @@ else:
     import os
     items, seconds = fingerprint_media(media.ref(path, os.path.getsize(path)), 600, 4 * 3600)
     detail = {"sub_fingerprints": len(items), "seconds": seconds}
-print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+def peak_mib():  # VmHWM: this process image's own peak (ru_maxrss would count the forking parent's)
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024
+print(json.dumps({"peak_mib": peak_mib(),
                   "seconds": time.perf_counter() - t0, **detail}))
 '''
 
@@ -184,9 +186,10 @@ def bench_hour() -> None:
     samples_mib = seconds * rate * 2 * 4 / 2**20  # float32, as sf.read would hold it
     print(f"3. a 1-hour 48 kHz stereo WAV ({os.path.getsize(path) / 2**20:.0f} MiB on disk; read whole as float32 "
           f"it would take {samples_mib:.0f} MiB):")
-    base = json.loads(subprocess.run([sys.executable, "-c", "import json,resource,numpy,soundfile,soxr,pyarrow;"
-                                      "print(json.dumps({'peak_mib': resource.getrusage(resource.RUSAGE_SELF)"
-                                      ".ru_maxrss/1024}))"], capture_output=True, text=True, check=True).stdout)
+    base = json.loads(subprocess.run([sys.executable, "-c", "import json,numpy,soundfile,soxr,pyarrow;print(json."
+                                      "dumps({'peak_mib': next(int(l.split()[1]) for l in open('/proc/self/status') "
+                                      "if l.startswith('VmHWM')) / 1024}))"],
+                                     capture_output=True, text=True, check=True).stdout)
     print(f"   a process that only imports numpy, soundfile, soxr and pyarrow: {base['peak_mib']:.0f} MiB")
     for what in ("ingest", "segment", "fingerprint"):
         res = subprocess.run([sys.executable, "-c", HOUR_CHILD, ROOT, what, path, os.path.join(work, "store")],

@@ -180,7 +180,8 @@ def _ffmpeg_blocks(path: str, found: Probe, timeout: float, seconds: float) -> I
 def mix(block: np.ndarray, policy: str) -> np.ndarray:
     """The channel policy: mono (mean of the channels), first, or keep."""
     if policy == "mono" and block.shape[1] > 1:
-        return block.mean(axis=1, keepdims=True, dtype=np.float32)
+        # a matrix product: 10-20x faster than mean(axis=1) over a few interleaved channels
+        return block @ np.full((block.shape[1], 1), 1 / block.shape[1], np.float32)
     if policy == "first" and block.shape[1] > 1:
         return block[:, :1]
     return block
@@ -227,8 +228,8 @@ class Meter:
     snr_db is a frame-energy percentile estimate: noise = mean power of the quietest 10%
     of 20 ms frames, signal = mean power of the loudest 50% minus the noise. It needs
     pauses (speech has them); on a signal without any it reads low.
-    bandwidth_hz is the band edge of the long-term spectrum (Hann-windowed 4096-point
-    frames): the highest frequency within BAND_EDGE_DB of the spectrum's peak. Audio
+    bandwidth_hz is the band edge of the long-term spectrum (Blackman-Harris-windowed
+    4096-point frames): the highest frequency within BAND_EDGE_DB of the spectrum's peak. Audio
     upsampled from 8 kHz reads about 3.9 kHz, from 16 kHz about 7.7 kHz, whatever its
     rate now; a pure tone reads its own frequency. (A 99% energy roll-off does not
     separate them: espeak-ng speech at 22 kHz rolls off at 3.6-7 kHz, its 8 kHz copy at
@@ -245,7 +246,7 @@ class Meter:
     nonfinite: int = 0
     frame_power: list = field(default_factory=list)
     _carry: np.ndarray | None = None
-    _k_state: list = field(default_factory=list)
+    _k_state: np.ndarray | None = None
     _hop_power: list = field(default_factory=list)
     _hop_carry: np.ndarray | None = None
     _spectrum: np.ndarray | None = None
@@ -255,10 +256,11 @@ class Meter:
         import soxr
 
         self._filters = _k_weighting(self.rate)
+        self._sos = np.array([np.concatenate([b, a]) for b, a in self._filters])
         self._upsampler = soxr.ResampleStream(self.rate, self.rate * 4, self.channels, dtype="float32")
 
     def add(self, block: np.ndarray) -> None:
-        from scipy.signal import lfilter, lfilter_zi
+        from scipy.signal import sosfilt
 
         finite = np.isfinite(block)
         if not finite.all():
@@ -266,15 +268,17 @@ class Meter:
             block = np.where(finite, block, 0.0).astype(np.float32)
         self.frames += len(block)
         x = block.astype(np.float64)
-        self.sum_sq += float((x * x).sum())
-        self.sum_ += float(x.sum())
-        self.peak = max(self.peak, float(np.abs(x).max(initial=0.0)))
-        self.clipped += int((np.abs(x) >= CLIP_LEVEL).sum())
+        flat = x.ravel()
+        self.sum_sq += float(flat @ flat)
+        self.sum_ += float(flat.sum())
+        magnitude = np.abs(block)
+        self.peak = max(self.peak, float(magnitude.max(initial=0.0)))
+        self.clipped += int(np.count_nonzero(magnitude >= CLIP_LEVEL))
         up = self._upsampler.resample_chunk(block)
         if len(up):
-            self.true_peak = max(self.true_peak, float(np.abs(up).max()))
+            self.true_peak = max(self.true_peak, float(max(up.max(), -up.min())))
         # 20 ms frames of the channel mean: silence ratio and SNR
-        mono = x.mean(axis=1)
+        mono = x[:, 0] if self.channels == 1 else x @ np.full(self.channels, 1 / self.channels)
         if self._carry is not None:
             mono = np.concatenate([self._carry, mono])
         n = max(1, int(SILENCE_FRAME * self.rate))
@@ -282,15 +286,11 @@ class Meter:
         if whole:
             self.frame_power.extend((mono[:whole].reshape(-1, n) ** 2).mean(axis=1).tolist())
         self._carry = mono[whole:]
-        # BS.1770: K-weighted mean square per 100 ms hop, per channel
-        if not self._k_state:
-            self._k_state = [[lfilter_zi(b, a) * 0.0 for b, a in self._filters] for _ in range(self.channels)]
-        weighted = np.empty_like(x)
-        for c in range(self.channels):
-            y = x[:, c]
-            for i, (b, a) in enumerate(self._filters):
-                y, self._k_state[c][i] = lfilter(b, a, y, zi=self._k_state[c][i])
-            weighted[:, c] = y
+        # BS.1770: K-weighted mean square per 100 ms hop, per channel (both biquads, every
+        # channel, in one sosfilt call; its state carries over between blocks)
+        if self._k_state is None:
+            self._k_state = np.zeros((len(self._filters), 2, self.channels))
+        weighted, self._k_state = sosfilt(self._sos, x, axis=0, zi=self._k_state)
         if self._hop_carry is not None:
             weighted = np.concatenate([self._hop_carry, weighted])
         hop = max(1, int(0.1 * self.rate))
@@ -300,7 +300,7 @@ class Meter:
                                    .tolist())
         self._hop_carry = weighted[whole:]
         # long-term spectrum, 4096-point frames
-        spec = np.abs(np.fft.rfft(_frames(mono, 4096) * _HANN, axis=1)) ** 2 if len(mono) >= 4096 else None
+        spec = np.abs(np.fft.rfft(_frames(mono, 4096), axis=1)) ** 2 if len(mono) >= 4096 else None
         if spec is not None:
             total = spec.sum(axis=0)
             self._spectrum = total if self._spectrum is None else self._spectrum + total
@@ -352,12 +352,20 @@ class Meter:
         }
 
 
-_HANN = np.hanning(4096)
+def _window(size: int) -> np.ndarray:
+    """4-term Blackman-Harris: side lobes 92 dB down, so that 60 dB under the spectrum's
+    peak is the signal's own band edge and not the window's leakage."""
+    from scipy.signal.windows import blackmanharris
+
+    return blackmanharris(size, sym=False)
+
+
+_WINDOW = _window(4096)
 
 
 def _frames(x: np.ndarray, size: int) -> np.ndarray:
     n = len(x) // size
-    return x[: n * size].reshape(n, size) * np.hanning(size)
+    return x[: n * size].reshape(n, size) * (_WINDOW if size == len(_WINDOW) else _window(size))
 
 
 # -- encoding -------------------------------------------------------------------------------
