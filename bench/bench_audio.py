@@ -161,7 +161,7 @@ else:
     from pipeline import media
     import os
     items, seconds = fingerprint_media(media.ref(path, os.path.getsize(path)), 600, 4 * 3600)
-    detail = {"sub_fingerprints": len(items), "seconds": seconds}
+    detail = {"sub_fingerprints": len(items), "audio_seconds": seconds}
 def peak_mib():  # VmHWM: this process image's own peak (ru_maxrss would count the forking parent's)
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024
 print(json.dumps({"peak_mib": peak_mib(),

@@ -15,9 +15,11 @@ best, their sub-fingerprints differ in at most `max_ber` of their bits over at l
 `min_duration_ratio` of the longer (a copy trimmed by 10% at each end is 0.8 of its
 original; a 5 s excerpt of a song is not a copy of it). Alignments are tried where
 equal sub-fingerprints vote for them (the most voted offsets and their neighbours),
-as Chromaprint's own matcher does. bench/bench_audio_dedup.py: variants (MP3 at 64
+as Chromaprint's own matcher does (short fingerprints try every alignment: exact
+equality can miss at 8% of bits wrong). bench/bench_audio_dedup.py: variants (MP3 at 64
 kbit/s, 16 kHz, volume, trims of up to 10% per end, trim then MP3) of espeak-ng
-speech, chords and shaped noise stay under 0.10; distinct recordings start at 0.165.
+speech, chords and shaped noise stay at or under 0.100; distinct recordings start at 0.146,
+hence max_ber 0.12, between the two.
 
 Steady sound is not compared. A steady tone or hum gives one sub-fingerprint over and
 over, which says only its pitch class (a 220 Hz and a 440 Hz tone print the same; 440
@@ -55,6 +57,7 @@ CHROMAPRINT_RATE = 11_025  # the rate Chromaprint works at
 SLOWDOWN = 3  # Chromaprint hears the audio this many times slower (see the module's docstring)
 VALUE_MASK = np.uint32(0x0FFFFFFF)  # the bits a bucket keys on
 MAX_OFFSETS = 8  # voted alignments tried per pair (each with its neighbours)
+EXHAUSTIVE = 1_000_000  # fingerprints this small (len(a) * len(b), ~40 s each) try every alignment
 MAX_REPEATS = 32  # a sub-fingerprint this frequent in one recording does not vote for an alignment
 
 
@@ -153,20 +156,27 @@ def _votes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.repeat(ia, counts) - jb[first]
 
 
+def _alignments(a: np.ndarray, b: np.ndarray, need: int) -> set[int]:
+    """Offsets of b in a worth trying: all of them for short fingerprints (at 8% bit
+    errors exact equality can miss), else the most voted and their neighbours."""
+    if len(a) * len(b) <= EXHAUSTIVE:
+        return set(range(need - len(b), len(a) - need + 1))
+    offsets = _votes(a, b)
+    if not len(offsets):
+        return {0, len(a) - len(b)}
+    values, votes = np.unique(offsets, return_counts=True)
+    return {int(o) + d for o in values[np.argsort(-votes, kind="stable")[:MAX_OFFSETS]] for d in (-1, 0, 1)}
+
+
 def bit_error_rate(a: np.ndarray, b: np.ndarray, min_overlap: float = 0.8) -> tuple[float, int]:
-    """(lowest bit error rate, offset of b in a) over the alignments that equal
-    sub-fingerprints vote for (and their neighbours), each overlapping at least
-    min_overlap of the shorter fingerprint; (1.0, 0) when none does. With no votes
-    (steady sound, or nothing in common) the starts and the ends are aligned."""
+    """(lowest bit error rate, offset of b in a) over the alignments that overlap at least
+    min_overlap of the shorter fingerprint: every one for short fingerprints, else those
+    that equal sub-fingerprints vote for (and their neighbours); (1.0, 0) when none. With
+    no votes (steady sound, or nothing in common) the starts and the ends are aligned."""
     if not len(a) or not len(b):
         return 1.0, 0
     need = max(1, int(np.ceil(min_overlap * min(len(a), len(b)))))
-    offsets = _votes(a, b)
-    if len(offsets):
-        values, votes = np.unique(offsets, return_counts=True)
-        tried = {int(o) + d for o in values[np.argsort(-votes, kind="stable")[:MAX_OFFSETS]] for d in (-1, 0, 1)}
-    else:
-        tried = {0, len(a) - len(b)}
+    tried = _alignments(a, b, need)
     best = (1.0, 0)
     for off in sorted(tried):
         start, end = max(0, off), min(len(a), off + len(b))
@@ -180,7 +190,7 @@ def bit_error_rate(a: np.ndarray, b: np.ndarray, min_overlap: float = 0.8) -> tu
 
 class DedupAudioParams(DedupParams):
     audio_column: str = Field("audio", description="audio column")
-    max_ber: float = Field(0.13, gt=0, lt=0.5, description="bit error rate of aligned fingerprints at or below "
+    max_ber: float = Field(0.12, gt=0, lt=0.5, description="bit error rate of aligned fingerprints at or below "
                                                             "which two recordings are near-duplicates")
     min_overlap: float = Field(0.8, gt=0, le=1, description="share of the shorter fingerprint the alignment must "
                                                             "cover")

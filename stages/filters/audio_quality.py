@@ -9,17 +9,18 @@ demo's, with `python bench/bench_audio.py --metrics`):
   is ordinary). Speech-synthesis corpora cut tighter (Emilia keeps 3-30 s segments).
 - loudness -50 to -5 LUFS (ITU-R BS.1770): -50 is 27 LU under EBU R128's -23 LUFS
   target, where normalising would lift 16-bit quantisation noise (-98 dBFS) to about
-  -71 dBFS, audible in pauses; speech overdriven 18 dB reads -5.6 to -6 LUFS.
-- clipping ratio 0.001: speech peak-normalised reads 0.001-0.002% clipped samples,
-  the same speech 6 dB too hot 0.6-1.2%.
+  -71 dBFS, audible in pauses; speech (peaking at 0.9) overdriven by 18 dB reads -6.0
+  to -6.5 LUFS with 10-14% of its samples clipped.
+- clipping ratio 0.001: speech peaking at 0.9 has no clipped sample; 6 dB too hot,
+  0.3-0.9%.
 - SNR 10 dB (the frame-percentile estimate of ingest_audio): speech in white noise
-  at a true 10 dB reads about 12.4, at a true 5 dB about 7.4. Recordings without
+  at a true 10 dB reads about 12.4, at a true 5 dB about 7.5. Recordings without
   pauses have no estimate and are not judged on it.
 - silence ratio 0.5 (20 ms frames under -60 dBFS): speech reads 0.12-0.16; a
-  sentence followed by as much digital silence reads 0.56.
+  sentence followed by as much digital silence reads 0.56-0.58.
 - bandwidth 4,500 Hz (the highest frequency within 60 dB of the spectrum's peak):
-  audio upsampled from 8 kHz (telephone band, ITU-T G.711) reads 3.87-3.89 kHz, from
-  16 kHz 7.7 kHz, full-band speech and music more. A pure tone reads its own
+  audio upsampled from 8 kHz (telephone band, ITU-T G.711) reads 3.87-3.88 kHz, from
+  16 kHz 7.72-7.75 kHz, full-band speech and music more. A pure tone reads its own
   frequency: set 0 for corpora of test tones.
 Every threshold can be set to None to switch its test off.
 """

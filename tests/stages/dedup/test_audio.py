@@ -65,6 +65,27 @@ def test_the_alignment_is_found_and_excerpts_are_not_copies(recordings):
     assert not DedupAudio().near({"seconds": whole[1], "items": whole[0]}, {"seconds": part[1], "items": part[0]})
 
 
+def test_short_fingerprints_are_aligned_even_when_no_value_is_equal():
+    rng = np.random.default_rng(4)
+    a = rng.integers(0, 2**32, 200, dtype=np.uint64).astype(np.uint32)
+    b = a[20:180] ^ (np.uint32(1) << rng.integers(0, 28, 160).astype(np.uint32))  # one low bit off in every one
+    assert not np.intersect1d(a & np.uint32(0x0FFFFFFF), b & np.uint32(0x0FFFFFFF)).size
+    ber, offset = bit_error_rate(a, b)
+    assert offset == 20 and ber == pytest.approx(1 / 32)
+
+
+def test_long_fingerprints_are_aligned_by_votes():
+    from stages.dedup.audio import EXHAUSTIVE
+
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 2**32, 2400, dtype=np.uint64).astype(np.uint32)
+    b = a[300:2200].copy()
+    b ^= (rng.random((len(b), 32)) < 0.03).astype(np.uint32) @ (np.uint32(1) << np.arange(32, dtype=np.uint32))
+    assert len(a) * len(b) > EXHAUSTIVE
+    ber, offset = bit_error_rate(a, b)
+    assert offset == 300 and 0.02 < ber < 0.04
+
+
 def test_steady_tones_are_not_compared():
     a, _ = fingerprint(tone(440, 5, RATE), RATE)
     b, _ = fingerprint(tone(1000, 5, RATE), RATE)

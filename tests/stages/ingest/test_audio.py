@@ -48,6 +48,8 @@ def test_loudness_agrees_with_pyloudnorm_and_does_not_depend_on_blocks():
         reference = pyloudnorm.Meter(RATE).integrated_loudness(x.astype(np.float64))
         assert measure(x)["loudness_lufs"] == pytest.approx(reference, abs=0.05)
         assert measure(x, block=977)["loudness_lufs"] == pytest.approx(measure(x)["loudness_lufs"], abs=1e-6)
+    # BS.1770's own reference: a 997 Hz sine at -20 dBFS (peak) in one channel reads -23.0 LUFS
+    assert measure(sine(997, 10, 0.1))["loudness_lufs"] == pytest.approx(-23.01, abs=0.05)
 
 
 def test_true_peak_sees_between_the_samples():
@@ -162,6 +164,17 @@ def test_nemo_manifest_and_tar_sources(audio_set, tmp_path):
             tf.add(os.path.join(audio_set["dir"], member), arcname=member)
     (row,) = ingest(str(tmp_path / "a.tar"))
     assert row["reject"] is None and len(json.loads(row["transcript_segments"])) == 6
+
+
+def test_the_report_gets_a_waveform_and_a_playable_excerpt():
+    column = next(c for c in IngestAudio(source="x").adds() if c.name == "audio")
+    buf = io.BytesIO()
+    sf.write(buf, sine(440, 12.0, 0.3), RATE, format="FLAC")
+    assert column.preview(buf.getvalue())[:8] == b"\x89PNG\r\n\x1a\n"
+    mime, data = column.excerpt(buf.getvalue())
+    clip, rate = sf.read(io.BytesIO(data))
+    assert mime == "audio/ogg" and rate == 16_000 and len(clip) == 8 * 16_000  # the first 8 s
+    assert len(data) < len(buf.getvalue()) / 4
 
 
 def test_too_long_from_the_header_without_decoding(tmp_path):
