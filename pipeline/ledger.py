@@ -116,10 +116,11 @@ def child_id(parent_id: str, locator: str) -> str:
     return sample_id(f"child:{parent_id}", locator)
 
 
-def child(parent: dict[str, Any], locator: str, **columns: Any) -> dict[str, Any]:
-    """A child row of `parent` (a row as a dict): identity derived from the parent's,
-    `parent_id` set, the parent's ordinal kept (first in source order stays meaningful)."""
-    return {**columns, "sample_id": child_id(parent["sample_id"], locator), "parent_id": parent["sample_id"],
+def child(parent: dict[str, Any], locator: str, key: str | None = None, **columns: Any) -> dict[str, Any]:
+    """A child row of `parent` (a row as a dict): identity derived from the parent's (or
+    `key`, an id the stage derives from content), `parent_id` set, the parent's ordinal
+    kept (first in source order stays meaningful)."""
+    return {**columns, "sample_id": key or child_id(parent["sample_id"], locator), "parent_id": parent["sample_id"],
             "ordinal": parent["ordinal"], "modality": columns.get("modality", parent.get("modality")),
             "source_uri": f"{parent.get('source_uri')}#{locator}", "meta": columns.get("meta", parent.get("meta"))}
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 import email.utils
 import http.client
 import ipaddress
+import os
 import random
 import socket
+import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -65,7 +67,18 @@ class Policy:
     per_host_concurrency: int = 4
     per_host_rate: float = 0.0  # requests per second per host; 0 = no limit
     user_agent: str = USER_AGENT
-    kind: str = "image"  # what the body must be, judged by its bytes: image or audio
+    kind: str = "image"  # what the body must be, judged by its bytes: image, audio or video
+    spool: bool = False  # write bodies to temporary files (a Spooled path) instead of memory: videos
+
+
+class Spooled(str):
+    """A downloaded body in a temporary file (its path); whoever receives it deletes it."""
+
+    def discard(self) -> None:
+        try:
+            os.unlink(self)
+        except FileNotFoundError:
+            pass
 
 
 def image_kind(data: bytes) -> str | None:
@@ -86,6 +99,10 @@ def _is_kind(data: bytes, kind: str) -> bool:
         from .audio import sniff
 
         return sniff(data[:64]) is not None
+    if kind == "video":
+        from .video import sniff as sniff_video
+
+        return sniff_video(data[:512]) is not None
     return True
 
 
@@ -304,36 +321,51 @@ class Downloader:
         if length.isascii() and length.isdigit() and int(length) > p.max_bytes:
             raise DownloadError("too_large", f"{url}: Content-Length {length} > max_bytes {p.max_bytes}")
         chunks, size = [], 0
+        spool = tempfile.NamedTemporaryFile(prefix="mmcurate-dl-", delete=False) if p.spool else None
+        head = b""
         try:
-            while True:
-                # read1 returns what has arrived; the watchdog ends a body that never does.
-                chunk = resp.read1(1 << 16)
-                if not chunk:
-                    break
-                size += len(chunk)
-                if size > p.max_bytes:  # enforced on the bytes, whatever the headers said
-                    raise DownloadError("too_large", f"{url}: body exceeds max_bytes {p.max_bytes}")
-                if time.monotonic() > deadline:
-                    raise DownloadError("timeout", f"{url}: body not complete within {p.total_timeout}s "
-                                        f"({size} bytes received)")
-                chunks.append(chunk)
-        except (urllib3.exceptions.HTTPError, OSError, http.client.HTTPException) as e:
-            if dog.fired or isinstance(e, (TimeoutError, socket.timeout, urllib3.exceptions.ReadTimeoutError)):
-                raise DownloadError("timeout", f"{url}: the body stalled ({size} bytes received)") from None
-            raise DownloadError("connection_error", f"{url}: body cut off: {type(e).__name__}: {e}") from None
-        if dog.fired:
-            raise DownloadError("timeout", f"{url}: body not complete within {p.total_timeout}s")
-        data = b"".join(chunks)
-        if not data:
-            raise DownloadError("empty_file", f"{url}: empty body")
-        if not _is_kind(data, p.kind):
-            ctype = resp.headers.get("Content-Type", "none")
-            head = data[:64].lstrip().lower()
-            # what it looks like, never what it holds
-            what = "an HTML page" if head.startswith((b"<!doctype html", b"<html", b"<")) else f"{len(data)} bytes"
-            reason = "not_an_image" if p.kind == "image" else f"not_{p.kind}"
-            raise DownloadError(reason, f"{url}: {what}, not {p.kind} (Content-Type {str(ctype)[:100]})")
-        return data
+            try:
+                while True:
+                    # read1 returns what has arrived; the watchdog ends a body that never does.
+                    chunk = resp.read1(1 << 16)
+                    if not chunk:
+                        break
+                    size += len(chunk)
+                    if size > p.max_bytes:  # enforced on the bytes, whatever the headers said
+                        raise DownloadError("too_large", f"{url}: body exceeds max_bytes {p.max_bytes}")
+                    if time.monotonic() > deadline:
+                        raise DownloadError("timeout", f"{url}: body not complete within {p.total_timeout}s "
+                                            f"({size} bytes received)")
+                    if len(head) < 512:
+                        head += chunk[: 512 - len(head)]
+                    if spool is not None:
+                        spool.write(chunk)
+                    else:
+                        chunks.append(chunk)
+            except (urllib3.exceptions.HTTPError, OSError, http.client.HTTPException) as e:
+                if dog.fired or isinstance(e, (TimeoutError, socket.timeout, urllib3.exceptions.ReadTimeoutError)):
+                    raise DownloadError("timeout", f"{url}: the body stalled ({size} bytes received)") from None
+                raise DownloadError("connection_error", f"{url}: body cut off: {type(e).__name__}: {e}") from None
+            if dog.fired:
+                raise DownloadError("timeout", f"{url}: body not complete within {p.total_timeout}s")
+            if not size:
+                raise DownloadError("empty_file", f"{url}: empty body")
+            if not _is_kind(head, p.kind):
+                ctype = resp.headers.get("Content-Type", "none")
+                lowered = head[:64].lstrip().lower()
+                # what it looks like, never what it holds
+                what = "an HTML page" if lowered.startswith((b"<!doctype html", b"<html", b"<")) else f"{size} bytes"
+                reason = "not_an_image" if p.kind == "image" else f"not_{p.kind}"
+                raise DownloadError(reason, f"{url}: {what}, not {p.kind} (Content-Type {str(ctype)[:100]})")
+        except BaseException:
+            if spool is not None:
+                spool.close()
+                os.unlink(spool.name)
+            raise
+        if spool is not None:
+            spool.close()
+            return Spooled(spool.name)
+        return b"".join(chunks)
 
     # -- plumbing ---------------------------------------------------------------------
     def _resolve(self, t: "_Target", deadline: float) -> list[str]:

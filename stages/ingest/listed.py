@@ -66,6 +66,7 @@ class ListedIngest(Stage):
     modality: ClassVar[str] = "image_text"
     reserved: ClassVar[frozenset[str]] = frozenset()  # the stage's own column names (user columns are renamed)
     other_path_columns: ClassVar[tuple[str, ...]] = ()  # manifest path columns of a convention (NeMo's)
+    spool_downloads: ClassVar[bool] = False  # downloads go to temporary files, not memory (videos)
     placement = frozenset({"download_concurrency", "per_host_concurrency", "per_host_rate"})
     reason_hints = {
         "blocked_address": "allow_private_networks: true fetches from loopback and private addresses",
@@ -83,7 +84,7 @@ class ListedIngest(Stage):
             retries=p.retries, max_bytes=p.max_bytes, max_redirects=p.max_redirects,
             allow_private_networks=p.allow_private_networks, respect_opt_out=p.respect_opt_out,
             concurrency=p.download_concurrency, per_host_concurrency=p.per_host_concurrency,
-            per_host_rate=p.per_host_rate, kind=self.media_kind))
+            per_host_rate=p.per_host_rate, kind=self.media_kind, spool=self.spool_downloads))
 
     # -- listing (driver) -----------------------------------------------------
     def _entries(self) -> Iterator[sources.Entry]:

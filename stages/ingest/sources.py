@@ -35,7 +35,9 @@ from pipeline.stage import SourceError  # noqa: F401 - raised here, imported fro
 MEDIA_EXTENSIONS = {
     "image": (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"),
     "audio": (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".webm"),
+    "video": (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".ogv", ".3gp"),
 }
+TIMED_KINDS = ("audio", "video")  # media whose timed text (transcripts, subtitles) is read
 CAPTION_EXTENSIONS = (".txt", ".caption")
 TIMED_EXTENSIONS = (".srt", ".vtt")  # timed transcripts beside a recording (and .json with "segments")
 MAX_CELL = 128 << 10  # a manifest cell (caption, path, URL) this long is no caption, path or URL
@@ -462,7 +464,7 @@ def list_directory(uri: str, kind: str = "image") -> Iterator[Entry]:
                 caption = extra.pop("caption", None)
                 if txt is None and isinstance(caption, str):
                     entry.caption_raw = caption_bytes(caption)
-                if kind == "audio" and entry.timed is None and isinstance(extra.get("segments"), list):
+                if kind in TIMED_KINDS and entry.timed is None and isinstance(extra.get("segments"), list):
                     from .transcripts import TranscriptError, parse_segments
 
                     try:
@@ -609,7 +611,7 @@ def _tar_entry(tar_uri: str, key: str, members: dict, tf: tarfile.TarFile, kind:
         caption = caption_bytes(json_caption)
     timed = None
     timed_member = next((e.lstrip(".") for e in TIMED_EXTENSIONS if e.lstrip(".") in members), None)
-    if kind == "audio" and timed_member:
+    if kind in TIMED_KINDS and timed_member:
         from .transcripts import TranscriptError, parse
 
         try:
