@@ -102,7 +102,13 @@ def area_resize(g: np.ndarray, boxes: list[tuple[float, float, float, float]], s
 def image_hashes(data: bytes, algorithm: Literal["phash", "dhash"] = "phash",
                  boxes: list[tuple[float, float, float, float]] | None = None) -> np.ndarray:
     """uint64 hashes of the image and of its grid crops (the full image's first)."""
-    g = np.asarray(gray(data), dtype=np.float64)
+    return gray_hashes(np.asarray(gray(data), dtype=np.float64), algorithm, boxes)
+
+
+def gray_hashes(g: np.ndarray, algorithm: Literal["phash", "dhash"] = "phash",
+                boxes: list[tuple[float, float, float, float]] | None = None) -> np.ndarray:
+    """uint64 hashes of a grayscale array (a decoded video frame) and of its grid crops."""
+    g = np.asarray(g, dtype=np.float64)
     boxes = boxes or crop_boxes()
     if algorithm == "dhash":
         a = area_resize(g, boxes, (9, 8))

@@ -8,6 +8,11 @@ Two halves, so that a GPU never waits on JPEG decoding:
   and a non-blocking copy on GPU), scaling and CLIP's normalisation there, then the
   towers in fp16/bf16 on GPU (fp32 on CPU), L2-normalised, stored as float16.
 
+Video: with `frames_column` set (measure_video's `keyframe_count`), the image column is
+a strip of that many frames side by side (`keyframes`); each frame is embedded and the
+unit frame embeddings are averaged and renormalised into `clip_video_emb`, and
+`clip_score` is the cosine of that with the caption's.
+
 ClipEncoder is a plain class: `ClipEncoder("tiny-random").encode_images(pixels)`
 works without Ray (bench/bench_clip.py runs it so on a GPU machine).
 """
@@ -39,9 +44,10 @@ from .models import ModelError, check_clip, image_size_of, load_clip
 PIXELS = "__tmp_clip_pixels"
 
 
-def clip_pixels(data: bytes, size: int) -> np.ndarray:
-    """(size, size, 3) uint8: shorter side resized to size (bicubic), centre crop."""
-    im = open_image(data, "RGB", least=size)
+def clip_pixels(data: bytes | np.ndarray, size: int) -> np.ndarray:
+    """(size, size, 3) uint8 of image bytes or an RGB array (a video frame): shorter side
+    resized to size (bicubic), centre crop."""
+    im = Image.fromarray(data) if isinstance(data, np.ndarray) else open_image(data, "RGB", least=size)
     w, h = im.size
     scale = size / min(w, h)
     rw, rh = max(size, round(w * scale)), max(size, round(h * scale))
@@ -108,6 +114,8 @@ class EmbedClipParams(ModelParams):
                                                   "weights, for tests and the offline demo)")
     image_column: str = Field("image", description="image column")
     text_column: str = Field("caption", description="text to embed beside the image; '' = images only")
+    frames_column: str = Field("", description="video: the column with how many frames each image (a keyframe "
+                                               "strip) holds; their embeddings are pooled into clip_video_emb")
 
     @field_validator("model")
     @classmethod
@@ -126,10 +134,15 @@ class EmbedClip(ModelStage):
 
     def reads(self) -> list[str]:
         p = self.params
-        return [p.image_column] + ([p.text_column] if p.text_column else [])
+        return [p.image_column] + ([p.text_column] if p.text_column else []) + \
+            ([p.frames_column] if p.frames_column else [])
+
+    @property
+    def image_output(self) -> str:
+        return "clip_video_emb" if self.params.frames_column else "clip_image_emb"
 
     def adds(self) -> list[Column]:
-        out = [Column("clip_image_emb", "embedding")]
+        out = [Column(self.image_output, "embedding")]
         if self.params.text_column:
             out += [Column("clip_text_emb", "embedding"), Column("clip_score", "metric", label="CLIP score")]
         return out
@@ -142,11 +155,19 @@ class EmbedClip(ModelStage):
         self.encoder = ClipEncoder(p.model, p.device, p.precision)
 
     def prepare(self, batch: pa.Table) -> pa.Table:
-        size = image_size_of(self.params.model)
+        p = self.params
+        size = image_size_of(p.model)
+        counts = batch.column(p.frames_column).to_pylist() if p.frames_column else [None] * batch.num_rows
         pixels, rejects = [], []
-        for data in batch.column(self.params.image_column).to_pylist():
+        for data, count in zip(batch.column(p.image_column).to_pylist(), counts):
             try:
-                pixels.append(clip_pixels(data, size).tobytes())
+                if p.frames_column:
+                    from .video import split_strip
+
+                    frames = [clip_pixels(f, size) for f in split_strip(data, int(count or 1))]
+                    pixels.append(b"".join(f.tobytes() for f in frames))
+                else:
+                    pixels.append(clip_pixels(data, size).tobytes())
                 rejects.append(None)
             except Exception as e:  # noqa: BLE001 - any undecodable image is this row's problem only
                 pixels.append(None)
@@ -163,11 +184,17 @@ class EmbedClip(ModelStage):
         enc = self.encoder
         size = enc.image_size
         raw = batch.column(PIXELS).to_pylist()
-        pixels = np.frombuffer(b"".join(raw), np.uint8).reshape(len(raw), size, size, 3)
+        frame = size * size * 3
+        counts = [len(r) // frame for r in raw]
+        pixels = np.frombuffer(b"".join(raw), np.uint8).reshape(sum(counts), size, size, 3)
         image = enc.encode_images(pixels)
+        if self.params.frames_column:  # mean of each clip's unit frame embeddings, renormalised
+            ends = np.cumsum(counts)
+            image = unit_rows(np.stack([image[e - n:e].astype(np.float32).mean(axis=0) for n, e in zip(counts, ends)])
+                              if len(counts) else image.astype(np.float32))
         out = batch.drop_columns([PIXELS])
-        out = ledger.set_column(out, "clip_image_emb", embedding_column(image))
-        models: dict[str, Any] = {"clip_image_emb": enc.loaded.describe()}
+        out = ledger.set_column(out, self.image_output, embedding_column(image))
+        models: dict[str, Any] = {self.image_output: enc.loaded.describe()}
         if self.params.text_column:
             text = enc.encode_texts(batch.column(self.params.text_column).to_pylist())
             score = np.sum(image.astype(np.float32) * text.astype(np.float32), axis=1)
