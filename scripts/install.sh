@@ -41,6 +41,9 @@ step() {
 step $VENV/bin/python -m pip install -q --upgrade pip
 echo "[install] pinned dependencies (requirements.lock) into $VENV/"
 step $VENV/bin/pip install -q -r requirements.lock
+# PySceneDetect (shot boundaries) declares the GUI build of OpenCV, which needs libGL; the
+# headless build in requirements.lock is the same cv2 without it, so its own deps are skipped.
+step $VENV/bin/pip install -q --no-deps scenedetect==0.7.2
 step $VENV/bin/pip install -q --no-deps -e .
 
 # pillow-simd last: anything installed after it that requires pillow would

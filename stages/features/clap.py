@@ -178,6 +178,11 @@ class EmbedClap(ModelStage):
         extractor = clap_features(self.params.model)
         feats, counts, rejects = [], [], []
         for data in batch.column(self.params.audio_column).to_pylist():
+            if data is None:  # no sound (a silent video's clip): kept, without an embedding
+                feats.append(None)
+                counts.append(0)
+                rejects.append(None)
+                continue
             try:
                 w = read_windows(data, self.params.max_windows)
                 feats.append(log_mel(extractor, w).tobytes())
@@ -199,16 +204,23 @@ class EmbedClap(ModelStage):
                 return pa.concat_tables([self.process(live), dead], promote_options="permissive")
         enc = self.encoder
         mels = enc.loaded.features.feature_size
-        feats = [np.frombuffer(raw, np.float32).reshape(n, -1, mels) for raw, n in
-                 zip(batch.column(FEATURES).to_pylist(), batch.column(WINDOWS).to_pylist())]
+        raw = batch.column(FEATURES).to_pylist()
+        present = [i for i, r in enumerate(raw) if r is not None]
+        windows = batch.column(WINDOWS).to_pylist()
+        feats = [np.frombuffer(raw[i], np.float32).reshape(windows[i], -1, mels) for i in present]
         audio_emb = enc.pool(feats)
         out = batch.drop_columns([FEATURES, WINDOWS])
-        out = ledger.set_column(out, "clap_audio_emb", embedding_column(audio_emb))
+        column = embedding_column(audio_emb)
+        if len(present) < batch.num_rows:  # rows without sound get no embedding (and no score)
+            slot = dict(zip(present, column.to_pylist()))
+            column = pa.array([slot.get(i) for i in range(batch.num_rows)], pa.list_(pa.float16()))
+        out = ledger.set_column(out, "clap_audio_emb", column)
         models: dict[str, Any] = {"clap_audio_emb": enc.loaded.describe()}
         if self.params.text_column:
             text = enc.encode_texts(batch.column(self.params.text_column).to_pylist())
-            score = np.sum(audio_emb.astype(np.float32) * text.astype(np.float32), axis=1)
+            score = np.full(batch.num_rows, np.nan, np.float32)
+            score[present] = np.sum(audio_emb.astype(np.float32) * text[present].astype(np.float32), axis=1)
             out = ledger.set_column(out, "clap_text_emb", embedding_column(text))
-            out = ledger.set_column(out, "clap_score", pa.array(score, pa.float32()))
+            out = ledger.set_column(out, "clap_score", pa.array(score, pa.float32(), mask=np.isnan(score)))
             models["clap_text_emb"] = models["clap_score"] = enc.loaded.describe()
         return record_models(out, models)
