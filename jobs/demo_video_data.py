@@ -85,10 +85,15 @@ def multi_scene(dst: str) -> str:
     return dst
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("out")
-    out = ap.parse_args(argv).out
+# what ingest_video makes of each broken file
+BROKEN = {"empty.mp4": "empty_file", "notes.mp4": "not_video", "cut_short.mp4": "truncated",
+          "only_sound.mp4": "no_video_stream", "unknown_codec.mp4": "missing_decoder", "blip.mp4": "too_short",
+          "black.mp4": "blank_video"}
+VARIANTS = ["fractal_small.mp4", "fractal_trimmed.mp4", "fractal_bright.mp4"]  # near-duplicates of fractal.mp4
+
+
+def make_video_demo(out: str) -> dict:
+    """Writes the demo's videos into `out`; returns what a run must make of them."""
     os.makedirs(out, exist_ok=True)
     j = lambda name: os.path.join(out, name)  # noqa: E731
 
@@ -151,7 +156,17 @@ def main(argv: list[str] | None = None) -> None:
     write(j("unknown_codec.mp4"), strange)
     encode(j("blip.mp4"), *lavfi("testsrc2", 0.4))
     write(j("blip.txt"), "too short to be a clip")
-    print(f"wrote the video demo's inputs to {out}/")
+    videos = sorted(f for f in os.listdir(out) if f.endswith(".mp4"))
+    return {"inputs": len(videos), "broken": BROKEN, "variants": VARIANTS, "scenes": len(SCENES),
+            "near_static": ["still.mp4"]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out")
+    out = ap.parse_args(argv).out
+    info = make_video_demo(out)
+    print(f"wrote the video demo's {info['inputs']} videos to {out}/")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 from typing import Any, Iterator
 
@@ -99,6 +100,8 @@ class IngestVideo(ListedIngest):
                 fetched.discard()
         out["text"] = normalize_caption(raw_text, p.invalid_utf8) if raw_text is not None else None
         out["transcript_segments"] = row.get("_timed")
+        if out["text"] is None and row.get("_timed"):  # subtitles alone: the video's text is all of them
+            out["text"] = " ".join(c["text"] for c in json.loads(row["_timed"]) if c.get("text")) or None
         return out
 
     def _local(self, row: dict[str, Any], fetched: bytes | None) -> contextlib.AbstractContextManager[str]:

@@ -112,5 +112,25 @@ def test_the_trainer_reads_the_audio_shards(audio_demo, tmp_path):
     out, _, _ = audio_demo
     result = train(TrainConfig(shards=os.path.join(out, "shards", "demo-audio-{000000..000001}.tar"),
                                output=str(tmp_path / "t"), modalities=["clap_audio_emb", "clap_text_emb"],
-                               batch_size=4, steps=4, eval_percent=30, checkpoint_every=0, dim=8, hidden=16))
+                               batch_size=4, steps=4, eval_percent=held_out_percent(out, "demo-audio"),
+                               checkpoint_every=0, dim=8, hidden=16))
     assert result["steps"] == 4 and "clap_audio_emb->clap_text_emb" in result["retrieval"]
+
+
+def held_out_percent(out: str, name: str, least: int = 2, train_least: int = 4) -> float:
+    """The smallest eval_percent that holds out at least `least` samples and leaves
+    `train_least` to train on. The split hashes sample ids, and the demo's ids follow its
+    folder (a pytest temporary one): a fixed percent could hold out too few."""
+    import glob
+
+    import pyarrow.parquet as pq
+
+    from jobs.train import in_eval
+
+    rows = [r for f in sorted(glob.glob(os.path.join(out, "shards", f"{name}-*.parquet")))
+            for r in pq.read_table(f, columns=["__key__", "cluster_id"]).to_pylist()]
+    for percent in range(20, 85, 5):
+        held = sum(in_eval({"cluster_id": r["cluster_id"]}, r["__key__"], percent) for r in rows)
+        if held >= least and len(rows) - held >= train_least:
+            return float(percent)
+    raise AssertionError(f"no split of {len(rows)} samples holds out {least} and trains on {train_least}")
