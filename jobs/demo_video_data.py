@@ -18,8 +18,8 @@ import subprocess
 SIZE = "320x240"
 RATE = 25
 # (lavfi source, seconds): the multi-scene video, shot after shot
-SCENES = [("testsrc", 3.0), ("life=mold=10:ratio=0.3:seed=7", 3.0), ("sierpinski=seed=3:jump=40", 2.5),
-          ("cellauto=rule=110", 2.5), ("mandelbrot=start_scale=0.02:start_x=-0.745:start_y=0.11", 3.0)]
+SCENES = [("testsrc", 3.0), ("life=mold=10:ratio=0.3:seed=7", 3.0), ("sierpinski=seed=3:jump=40", 2.4),
+          ("cellauto=rule=110", 2.6), ("mandelbrot=start_scale=0.02:start_x=-0.745:start_y=0.11", 3.0)]
 SUBTITLES = ["An old test card with a counter.", "Cells live and die on a grid.", "A Sierpinski carpet jumps about.",
              "A cellular automaton grows line by line.", "Deep inside a fractal, spirals turn."]
 SPEECH = "Hello, this is a short spoken caption for a video of a rocket on its launch pad."
@@ -76,7 +76,9 @@ def multi_scene(dst: str) -> str:
         chains.append(f"[{i}]trim=duration={seconds},setpts=PTS-STARTPTS,format=yuv420p[s{i}]")
     graph = ";".join(chains) + ";" + "".join(f"[s{i}]" for i in range(len(SCENES))) + \
         f"concat=n={len(SCENES)}:v=1:a=0[v]"
-    encode(dst, *inputs, "-filter_complex", graph, "-map", "[v]")
+    starts = [sum(seconds for _, seconds in SCENES[:i]) for i in range(1, len(SCENES))]
+    # a keyframe at every cut, as an editor's export has (x264's own scene-cut decision can land a few frames late)
+    encode(dst, *inputs, "-filter_complex", graph, "-map", "[v]", "-force_key_frames", ",".join(f"{t:g}" for t in starts))
     cues, t = [], 0.0
     for (_, seconds), text in zip(SCENES, SUBTITLES):
         cues.append((t + 0.3, t + seconds - 0.3, text))

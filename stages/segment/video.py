@@ -140,7 +140,12 @@ class ClipVideo(Stage):
         deadline = video.Deadline(p.video_timeout, "clipping this video")
         timed = json.loads(row["transcript_segments"]) if row.get("transcript_segments") else None
         with media.local_path(ref) as path, tempfile.TemporaryDirectory(prefix="mmcurate-clips-") as work:
-            found = video.probe(path, self.budget(deadline), row.get("video_format") or "video")
+            try:
+                found = video.probe(path, self.budget(deadline), row.get("video_format") or "video")
+            except ledger.Rejected as e:
+                if e.reason == "probe_timeout":  # within video_timeout: this source is a straggler
+                    raise ledger.Rejected("decode_timeout", e.detail) from None
+                raise
             spans = self.spans(path, found, deadline)
             if not spans:
                 raise ledger.Rejected("no_clips", f"no shot of at least min_seconds={p.min_seconds:g} in "
