@@ -19,6 +19,11 @@ Model over precomputed features: a projection tower per modality into a shared s
   modalities both present; a fused embedding from learned per-modality weights;
 - early fusion: a matching head over the concatenated projections of a candidate
   pair, trained with in-batch negatives (softmax over the candidates of each anchor);
+- hybrid: the late towers and their pairwise InfoNCE (weight `late_weight`) plus an
+  early-fusion matching head over every modality slot (projection and presence flag
+  of each; weight `match_weight`), trained on each pair alone and, with three or more
+  modalities, on all of a sample's modalities against each one's in-batch negatives;
+  a pair is scored by the scaled cosine plus the head's score on that pair;
 - an optional classification head (`label_field` in meta); meta.sample_weight
   weights every loss term.
 Held-out split by cluster_id (else sample_id), so near-duplicates never straddle it;
@@ -55,7 +60,9 @@ class TrainConfig:
     shards: str | list[str] = "runs/demo/shards/demo-{000000..000005}.tar"  # a brace pattern, or a list of them
     output: str = "runs/train"
     modalities: list[str] = field(default_factory=lambda: list(MODALITIES))
-    fusion: str = "late"  # late | early
+    fusion: str = "late"  # late | early | hybrid
+    late_weight: float = 1.0  # hybrid: weight of the pairwise contrastive losses
+    match_weight: float = 1.0  # hybrid: weight of the matching head's losses
     label_field: str = ""  # meta key with a class label ('' = no classification head)
     dim: int = 64
     hidden: int = 256
@@ -184,6 +191,8 @@ def build_model(dims: dict[str, int], cfg: TrainConfig, n_classes: int = 0):
             self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
             self.modality_logits = nn.Parameter(torch.zeros(len(dims)))
             self.match = nn.Sequential(nn.Linear(2 * cfg.dim, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, 1))
+            self.joint = nn.Sequential(nn.Linear(len(dims) * (cfg.dim + 1), cfg.hidden), nn.GELU(),
+                                       nn.Linear(cfg.hidden, 1))
             self.classify = nn.Linear(cfg.dim, n_classes) if n_classes else None
 
         def forward(self, batch) -> dict[str, torch.Tensor]:
@@ -198,6 +207,24 @@ def build_model(dims: dict[str, int], cfg: TrainConfig, n_classes: int = 0):
             stacked = torch.stack(list(z.values()), 1)
             return nn.functional.normalize((stacked * masks[..., None]).sum(1) / masks.sum(1, keepdim=True)
                                            .clamp_min(1e-6), dim=-1)
+
+        def joint_scores(self, anchor: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], target: str,
+                         candidates: torch.Tensor) -> torch.Tensor:
+            """Hybrid head's score of each anchor's modalities (`anchor`, present where `masks`
+            says; the rest of the slots empty) with modality `target` taken from each
+            candidate: (anchors, candidates)."""
+            n, m = len(next(iter(anchor.values()))), len(candidates)
+            slots = []
+            for name in self.towers:
+                if name == target:
+                    vec, flag = candidates[None].expand(n, -1, -1), candidates.new_ones(n, m, 1)
+                elif name in anchor:
+                    flag = masks[name].float()[:, None, None].expand(-1, m, -1)
+                    vec = (anchor[name] * masks[name].float()[:, None])[:, None].expand(-1, m, -1)
+                else:
+                    vec, flag = candidates.new_zeros(n, m, cfg.dim), candidates.new_zeros(n, m, 1)
+                slots += [vec, flag]
+            return self.joint(torch.cat(slots, -1)).squeeze(-1)
 
         def pair_scores(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             """Matching-head score of every (a_i, b_j): (len(a), len(b))."""
@@ -222,14 +249,27 @@ def loss_fn(model, batch, cfg: TrainConfig, classes: dict[str, int]):
             if both.sum() < 2:
                 continue
             za, zb, w = z[a][both], z[b][both], weight[both]
-            if cfg.fusion == "late":
-                logits = core.logit_scale.exp().clamp(max=100) * za @ zb.T
-            else:
-                logits = core.pair_scores(za, zb)
             target = torch.arange(len(za), device=za.device)
-            per = (F.cross_entropy(logits, target, reduction="none") +
-                   F.cross_entropy(logits.T, target, reduction="none")) / 2
-            terms.append((per * w).sum() / w.sum())
+
+            def symmetric(logits):
+                per = (F.cross_entropy(logits, target, reduction="none") +
+                       F.cross_entropy(logits.T, target, reduction="none")) / 2
+                return (per * w).sum() / w.sum()
+
+            if cfg.fusion == "late":
+                terms.append(symmetric(core.logit_scale.exp().clamp(max=100) * za @ zb.T))
+            elif cfg.fusion == "early":
+                terms.append(symmetric(core.pair_scores(za, zb)))
+            else:  # hybrid: the pair's contrastive loss, the head on the pair alone, the head on everything
+                ones = {a: torch.ones_like(both[both])}
+                late = symmetric(core.logit_scale.exp().clamp(max=100) * za @ zb.T)
+                match = symmetric(core.joint_scores({a: za}, ones, b, zb))
+                if len(names) > 2:  # all the anchor's other modalities against each candidate of b
+                    rest = {m: z[m][both] for m in names if m != b}
+                    per = F.cross_entropy(core.joint_scores(rest, {m: batch[f"{m}_mask"][both] for m in rest}, b, zb),
+                                          target, reduction="none")
+                    match = (match + (per * w).sum() / w.sum()) / 2
+                terms.append(cfg.late_weight * late + cfg.match_weight * match)
             logs[f"loss_{a}_{b}"] = float(terms[-1].detach())
     if core.classify is not None and "label" in batch:
         known = [i for i, lbl in enumerate(batch["label"]) if str(lbl) in classes]
@@ -248,6 +288,18 @@ def loss_fn(model, batch, cfg: TrainConfig, classes: dict[str, int]):
 
 
 # -- evaluation -----------------------------------------------------------------------------
+def pair_scores(core, cfg: TrainConfig, a: str, b: str, za, zb):
+    """How well each a_i goes with each b_j, as the fusion mode scores a pair."""
+    import torch
+
+    if cfg.fusion == "late":
+        return za @ zb.T
+    if cfg.fusion == "early":
+        return core.pair_scores(za, zb)
+    ones = {a: torch.ones(len(za), dtype=torch.bool, device=za.device)}
+    return core.logit_scale.exp().clamp(max=100) * za @ zb.T + core.joint_scores({a: za}, ones, b, zb)
+
+
 def retrieval(model, urls: list[str], cfg: TrainConfig, dims: dict[str, int]) -> dict[str, Any]:
     """Recall@1/5/10 over the held-out samples, for every pair of modalities they carry
     together (earlier -> later in cfg.modalities); the first pair's also at the top level."""
@@ -265,7 +317,7 @@ def retrieval(model, urls: list[str], cfg: TrainConfig, dims: dict[str, int]) ->
             batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in collate(samples, cfg, dims).items()}
             with torch.no_grad():
                 z = core.project(batch)
-                scores = z[a] @ z[b].T if cfg.fusion == "late" else core.pair_scores(z[a], z[b])
+                scores = pair_scores(core, cfg, a, b, z[a], z[b])
             ranks = (scores > scores.diag()[:, None]).sum(1)
             pairs[f"{a}->{b}"] = {**{f"r@{k}": float((ranks < k).float().mean()) for k in (1, 5, 10)},
                                   "eval_samples": len(samples), "chance_r@1": 1 / len(samples)}
@@ -310,6 +362,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     import torch
     import torch.distributed as dist
 
+    if cfg.fusion not in ("late", "early", "hybrid"):
+        raise SystemExit(f"mmcurate train: fusion must be late, early or hybrid (got {cfg.fusion!r})")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if world > 1 and not dist.is_initialized():

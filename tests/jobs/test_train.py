@@ -19,21 +19,22 @@ N, D = 800, 32
 
 
 def _make_shards(root, missing_text: float = 0.0, seed: int = 0, labels: bool = False,
-                 names: tuple[str, str] = ("clip_image_emb", "clip_text_emb"), prefix: str = "s") -> str:
-    """Paired features: text = a noisy linear map of the image (or recording). Clusters of 2
-    share a cluster_id."""
+                 names: tuple[str, ...] = ("clip_image_emb", "clip_text_emb"), prefix: str = "s") -> str:
+    """Paired features: text = a noisy linear map of the image (or recording; with three
+    names, of the first two together). Clusters of 2 share a cluster_id."""
     from pipeline.job import parse_job
     from pipeline.runner import Runner
 
     rng = np.random.default_rng(seed)
-    image = rng.normal(size=(N, D))
-    text = image @ rng.normal(size=(D, D)) + 0.3 * rng.normal(size=(N, D))
     unit = lambda x: (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)  # noqa: E731
-    image, text = unit(image), unit(text)
+    sources = [rng.normal(size=(N, D)) for _ in names[:-1]]  # with three names, the text follows both others
+    text = sum(x @ rng.normal(size=(D, D)) for x in sources) + 0.3 * len(sources) * rng.normal(size=(N, D))
+    sources, text = [unit(x) for x in sources], unit(text)
+    image = sources[0]
     drop = rng.random(N) < missing_text
     rows = {"sample_id": [f"{prefix}{i:04d}" for i in range(N)], "cluster_id": [f"{prefix}c{i // 2}" for i in range(N)],
-            names[0]: pa.array(list(image), pa.list_(pa.float16())),
-            names[1]: pa.array([None if d else t for d, t in zip(drop, text)], pa.list_(pa.float16()))}
+            **{name: pa.array(list(x), pa.list_(pa.float16())) for name, x in zip(names, sources)},
+            names[-1]: pa.array([None if d else t for d, t in zip(drop, text)], pa.list_(pa.float16()))}
     if labels:  # a class from the sign of the first image feature; the positives weigh double
         rows["meta"] = [json.dumps({"label": "pos" if v[0] > 0 else "neg", "sample_weight": 2.0 if v[0] > 0 else 1.0})
                         for v in image]
@@ -85,6 +86,28 @@ def test_retrieval_far_above_chance(shards, tmp_path, fusion, capsys):
               f"{result['chance_r@1']:.4f})")
     assert result["eval_samples"] > 100
     assert result["r@1"] > 20 * result["chance_r@1"] and result["r@10"] > 0.8
+
+
+def test_video_audio_text_late_early_and_hybrid(ray_session, tmp_path, capsys):
+    """Video, audio and text as three modalities, the text following both: every fusion mode
+    on the same held-out split; hybrid adds the matching head to the late losses."""
+    three = _make_shards(str(tmp_path / "vat"), seed=4, names=("clip_video_emb", "clap_audio_emb", "clip_text_emb"),
+                         prefix="v")
+    modalities = ["clip_video_emb", "clap_audio_emb", "clip_text_emb"]
+    results = {f: train(_cfg(three, tmp_path / f, modalities=modalities, fusion=f, steps=400)) for f in
+               ("late", "early", "hybrid")}
+    with capsys.disabled():
+        for f, r in results.items():
+            print(f"\n{f:6s} " + "; ".join(f"{k} R@1 {v['r@1']:.3f}" for k, v in r["retrieval"].items()) +
+                  f" (chance {r['chance_r@1']:.4f})")
+    for f, r in results.items():
+        assert set(r["retrieval"]) == {"clip_video_emb->clap_audio_emb", "clip_video_emb->clip_text_emb",
+                                       "clap_audio_emb->clip_text_emb"}, f
+        video_text = r["retrieval"]["clip_video_emb->clip_text_emb"]
+        assert video_text["eval_samples"] > 100 and video_text["r@1"] >= 10 * video_text["chance_r@1"], f
+    assert len({r["eval_samples"] for r in results.values()}) == 1  # the same held-out split
+    with pytest.raises(SystemExit, match="late, early or hybrid"):
+        train(_cfg(three, tmp_path / "bad", modalities=modalities, fusion="middle"))
 
 
 def test_held_out_split_keeps_clusters_together(shards):
