@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
-#   make demo   - install, make the demo data, run jobs/demo.yaml into runs/demo/ and jobs/demo_audio.yaml
-#                 into runs/demo-audio/, audit, report and check both
+#   make demo   - install, make the demo data, run jobs/demo.yaml into runs/demo/, jobs/demo_audio.yaml
+#                 into runs/demo-audio/ and jobs/demo_video.yaml into runs/demo-video/; audit, report and
+#                 check all three
 #   make test   - install, run the test suite
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -25,6 +26,12 @@ demo: setup
 	$(VENV)/bin/mmcurate report runs/demo-audio
 	$(PY) -m jobs.read_shards runs/demo-audio/shards
 	$(PY) $(SHARD_CHECKER) runs/demo-audio/shards
+	$(PY) -m jobs.demo_video_data runs/demo-video-data
+	$(VENV)/bin/mmcurate run jobs/demo_video.yaml --output runs/demo-video
+	$(VENV)/bin/mmcurate audit runs/demo-video > runs/demo-video/audit.json && echo "audit: every video and clip is in the shards or the rejects (runs/demo-video/audit.json)"
+	$(VENV)/bin/mmcurate report runs/demo-video
+	$(PY) -m jobs.read_shards runs/demo-video/shards
+	$(PY) $(SHARD_CHECKER) runs/demo-video/shards
 
 test: setup
 	$(PY) -m pytest -q tests
@@ -38,6 +45,8 @@ bench: setup
 	$(PY) bench/bench_clip.py
 	$(PY) bench/bench_audio.py
 	$(PY) bench/bench_audio_dedup.py
+	$(PY) bench/bench_video.py
+	$(PY) bench/bench_video_dedup.py
 
 clean:
 	rm -rf runs .venv .venv-pillow bench/_data

@@ -28,7 +28,17 @@ def main(shard_dir: str) -> int:
         members.update(k for k in sample if not k.startswith("__"))
         if n == 1:
             meta = json.loads(sample["json"])
-            if meta.get("audio_format"):  # decoded as a trainer would, with soundfile
+            if meta.get("video_format"):  # decoded as a trainer would, with PyAV
+                import io
+
+                import av
+
+                with av.open(io.BytesIO(sample[meta["video_format"]])) as container:
+                    frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+                what = (f"{len(frames)} frames of {frames[0].shape[1]}x{frames[0].shape[0]} "
+                        f"({meta['video_format']}, {meta.get('duration')} s), "
+                        f"{meta.get('keyframe_count')} keyframes in one strip")
+            elif meta.get("audio_format"):  # decoded as a trainer would, with soundfile
                 import io
 
                 import soundfile as sf

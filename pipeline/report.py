@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 from typing import Any
 
@@ -58,9 +59,29 @@ def _preview(column: Column | None, ref: dict | None) -> dict[str, str | None]:
     if picture:
         kind = "image/png" if picture[:8] == b"\x89PNG\r\n\x1a\n" else "image/jpeg"
         out["src"] = f"data:{kind};base64," + base64.b64encode(picture).decode()
+        out["wide"] = _is_strip(picture)
     if clip:
         out["play"] = f"data:{clip[0]};base64," + base64.b64encode(clip[1]).decode()
     return out
+
+
+def _is_strip(picture: bytes) -> bool:
+    """A picture more than three times as wide as high (a keyframe strip): shown whole."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(picture)) as im:
+            return im.width > 3 * im.height
+    except Exception:  # noqa: BLE001 - then it is shown as any picture
+        return False
+
+
+def _shown(columns: list[Column], row: dict[str, Any]) -> tuple[Column | None, dict | None]:
+    """The last of the previewable media columns that this row has a value in."""
+    for c in reversed(columns):
+        if row.get(c.name) is not None:
+            return c, row[c.name]
+    return None, None
 
 
 def _histogram(values: np.ndarray, bins: int = 20) -> dict[str, Any]:
@@ -81,7 +102,9 @@ def build(run_dir: str) -> dict[str, Any]:
     stages, note = _job_stages(rd)
     declared = {c.name: c for s in stages for c in s.adds()}
     metrics = {n: c for n, c in declared.items() if c.kind == "metric"}
-    shown = next((c for c in declared.values() if c.kind == "media" and (c.preview or c.excerpt)), None)
+    # what a card shows: of the media a stage can preview, the last declared that the row has (a
+    # clip's keyframe strip rather than its source video's poster; a reject before it, the poster)
+    shown_all = [c for c in declared.values() if c.kind == "media" and (c.preview or c.excerpt)]
     text = next((n for n, c in declared.items() if c.kind == "text"), None)
     report: dict[str, Any] = {"job": summary.get("job"), "inputs": summary.get("inputs"), "kept": summary.get("kept"),
                               "rejected": summary.get("rejected"), "funnel": [], "metrics": {}, "sections": [],
@@ -90,7 +113,7 @@ def build(run_dir: str) -> dict[str, Any]:
         report["funnel"].append({"segment": seg["segment"], "in": seg["in"], "kept": seg["kept"],
                                  "rejected": seg.get("rejected", {}), "expanded": seg.get("expanded", 0)})
     last = _last_data_segment(rd)
-    wanted = [*metrics, "meta", "sample_id", *(c for c in (text, shown and shown.name) if c)]
+    wanted = [*metrics, "meta", "sample_id", *([text] if text else []), *(c.name for c in shown_all)]
     kept = fs.read_parquet_dir(last, wanted) if last else None  # only what the page shows: no embeddings
     if kept is not None and kept.num_rows:
         for column, c in metrics.items():
@@ -99,19 +122,19 @@ def build(run_dir: str) -> dict[str, Any]:
                 report["metrics"][column] = {"label": c.label or column, **_histogram(values)}
         for row in kept.slice(0, PREVIEWS_KEPT).to_pylist():
             report["previews"]["kept"].append({"sample_id": row["sample_id"], "text": row.get(text),
-                                               **_preview(shown, row.get(shown.name) if shown else None)})
-    for stage in stages:
-        report["sections"] += stage.report_sections(rd.root, kept)
+                                               **_preview(*_shown(shown_all, row))})
+    for stage in stages:  # two model stages warn of the same random weights once
+        report["sections"] += [x for x in stage.report_sections(rd.root, kept) if x not in report["sections"]]
     for d in rd.reject_dirs():
-        cols = ["sample_id", "reject_stage", "reject_reason", "reject_detail", *(c for c in (text, shown and shown.name)
-                                                                                   if c)]
+        cols = ["sample_id", "reject_stage", "reject_reason", "reject_detail", *([text] if text else []),
+                *(c.name for c in shown_all)]
         rejects = fs.read_parquet_dir(d, cols)
         for row in (rejects.to_pylist() if rejects is not None else []):
             key = f"{row['reject_stage']}: {row['reject_reason']}"
             items = report["previews"]["rejected"].setdefault(key, [])
             if len(items) < PREVIEWS_PER_REASON:
                 items.append({"sample_id": row["sample_id"], "text": row.get(text), "detail": row["reject_detail"],
-                              **_preview(shown, row.get(shown.name) if shown else None)})
+                              **_preview(*_shown(shown_all, row))})
     return report
 
 
@@ -123,6 +146,7 @@ th{background:#f3f4f8}td.n{text-align:right;font-variant-numeric:tabular-nums}
 .warn{background:#fff4d6;border:1px solid #f0c36d;padding:8px 12px;margin:12px 0}
 .grid{display:flex;flex-wrap:wrap;gap:8px}.card{width:112px;font-size:11px;color:#555}
 .card img{width:96px;height:96px;object-fit:cover;display:block;background:#eee}
+.card.strip{width:100%}.card.strip img{width:auto;max-width:100%;height:72px;object-fit:contain}
 .card.plays{width:208px}.card.plays img{width:192px;height:64px;object-fit:contain}.card audio{width:200px;height:32px}
 .hists{display:flex;flex-wrap:wrap;gap:16px}.hist{font-size:12px}"""
 
@@ -147,8 +171,8 @@ def _cards(items: list[dict[str, Any]], detail: bool = False) -> str:
                                                                       'background:#eee"></div>'
         play = f'<audio controls preload="none" src="{it["play"]}"></audio>' if it.get("play") else ""
         text = it.get("detail") if detail else it.get("text")
-        out.append(f'<div class="card{" plays" if play else ""}">{img}{play}<div>{e(str(text or ""))[:120]}</div>'
-                   '</div>')
+        kind = " strip" if it.get("wide") else " plays" if play else ""
+        out.append(f'<div class="card{kind}">{img}{play}<div>{e(str(text or ""))[:120]}</div></div>')
     return '<div class="grid">' + "".join(out) + "</div>"
 
 

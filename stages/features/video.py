@@ -71,10 +71,7 @@ class MeasureVideo(Stage):
         return [self.params.video_column]
 
     def adds(self) -> list[Column]:
-        out = [Column("keyframes", "media", format="keyframes.jpg", preview=strip_preview),
-               Column("keyframe_count"), Column("keyframe_times"), Column("frame_phash"),
-               Column("motion_score", "metric", label="motion (mean frame difference, of 1)"),
-               Column("luma_std", "metric", label="largest frame luma std (of 255)")]
+        out = []
         if self.params.audio != "skip":
             from stages.ingest.audio_text import excerpt, waveform
 
@@ -87,7 +84,11 @@ class MeasureVideo(Stage):
             if self.params.audio == "extract":
                 out += [Column("audio", "media", format="@audio_format", preview=waveform, excerpt=excerpt),
                         Column("audio_format"), Column("sample_rate"), Column("channels")]
-        return out
+        # the strip last: the report shows the last previewable media a row has
+        return out + [Column("keyframes", "media", format="keyframes.jpg", preview=strip_preview),
+                      Column("keyframe_count"), Column("keyframe_times"), Column("frame_phash"),
+                      Column("motion_score", "metric", label="motion (mean frame difference, of 1)"),
+                      Column("luma_std", "metric", label="largest frame luma std (of 255)")]
 
     def process(self, batch: pa.Table) -> pa.Table:
         rows, rejects = [], []
