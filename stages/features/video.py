@@ -153,9 +153,6 @@ class MeasureVideo(Stage):
                 duration = float(stream.duration * stream.time_base) if stream.duration and stream.time_base \
                     else float(container.duration or 0) / av.time_base
                 keep_at = [duration * (i + 0.5) / p.keyframes for i in range(p.keyframes)]
-                height = p.keyframe_height
-                width = max(2, round(height * stream.width / max(1, stream.height)) // 2 * 2) if stream.height \
-                    else height
                 kept, kept_times, hashes, motion = [], [], [], []
                 next_hash, next_motion, k, last = 0.0, 0.0, 0, None
                 for frame in container.decode(stream):
@@ -164,7 +161,7 @@ class MeasureVideo(Stage):
                     t = frame.time if frame.time is not None else 0.0
                     small = None
                     if t + 1e-3 >= next_hash or t + 1e-3 >= next_motion:
-                        small = frame.to_ndarray(width=GRAY, height=GRAY, format="gray")
+                        small = upright(frame, GRAY, GRAY, "gray")
                     if t + 1e-3 >= next_hash:
                         hashes.append(int(gray_hashes(small, boxes=[(0.0, 0.0, 0.0, 0.0)])[0]))
                         next_hash += 1.0 / p.hash_fps
@@ -173,12 +170,11 @@ class MeasureVideo(Stage):
                         next_motion += 1.0 / p.motion_fps
                     while k < len(keep_at) and t + 1e-3 >= keep_at[k]:
                         if not kept_times or kept_times[-1] != round(t, 3):
-                            kept.append(frame.to_ndarray(width=width, height=height, format="rgb24"))
+                            kept.append(upright(frame, None, p.keyframe_height, "rgb24"))
                             kept_times.append(round(t, 3))
                         k += 1
                 if not kept and last is not None:  # the header claims more than the frames hold: the last stands in
-                    kept, kept_times = [last.to_ndarray(width=width, height=height, format="rgb24")], [
-                        round(last.time or 0.0, 3)]
+                    kept, kept_times = [upright(last, None, p.keyframe_height, "rgb24")], [round(last.time or 0.0, 3)]
         except av.error.FFmpegError as e:
             raise ledger.Rejected("corrupt", f"the clip does not decode ({type(e).__name__}: "
                                              f"{ledger.without_bytes(str(e))[:200]})") from None
@@ -248,6 +244,18 @@ class MeasureVideo(Stage):
                 os.unlink(encoded)
             out |= {"audio_format": "flac", "sample_rate": rate, "channels": 1}
         return out
+
+
+def upright(frame, width: int | None, height: int, fmt: str) -> np.ndarray:
+    """A decoded frame as displayed (its display matrix applied: a phone video held upright
+    is portrait), `height` pixels high and `width` wide (None: the displayed aspect, even)."""
+    turns = (int(getattr(frame, "rotation", 0) or 0) // 90) % 4  # counter-clockwise quarter turns
+    shown_w, shown_h = (frame.height, frame.width) if turns % 2 else (frame.width, frame.height)
+    if width is None:
+        width = max(2, round(height * shown_w / max(1, shown_h)) // 2 * 2)
+    stored = (height, width) if turns % 2 else (width, height)  # the size asked of the stored frame
+    array = frame.to_ndarray(width=stored[0], height=stored[1], format=fmt)
+    return np.ascontiguousarray(np.rot90(array, turns)) if turns else array
 
 
 def strip_jpeg(frames: list[np.ndarray], quality: int = 90) -> bytes:

@@ -79,3 +79,23 @@ def test_embed_clip_pools_the_keyframes_into_clip_video_emb(video_set):
         assert np.allclose(vector, expected.astype(np.float32), atol=2e-3)
     text = np.array(out.column("clip_text_emb").to_pylist(), np.float32)
     assert np.allclose(out.column("clip_score").to_numpy(), (got * text).sum(axis=1), atol=2e-3)
+
+
+def test_keyframes_are_upright_as_a_player_shows_them(video_set, tmp_path):
+    """A phone video stored landscape with a 90-degree display matrix: its keyframes are
+    portrait, and the same pixels as ffmpeg's own (auto-rotated) decoding."""
+    from PIL import Image
+
+    from stages.ingest import video
+
+    path = os.path.join(video_set["dir"], "portrait.mp4")
+    m = MeasureVideo({"audio": "skip", "keyframes": 1}).measure({"video": open(path, "rb").read(), "source_uri": "p"})
+    ours = split_strip(m["keyframes"], 1)[0].astype(int)
+    assert ours.shape[0] == 224 and ours.shape[1] < ours.shape[0]
+    t = json.loads(m["keyframe_times"])[0]
+    shown = tmp_path / "shown.png"
+    code, _, _ = video.run(["ffmpeg", "-v", "error", "-y", "-ss", f"{t}", "-i", path, "-frames:v", "1", "-vf",
+                            f"scale={ours.shape[1]}:{ours.shape[0]}", str(shown)], 60)
+    theirs = np.asarray(Image.open(shown).convert("RGB")).astype(int)
+    assert code == 0 and theirs.shape == ours.shape and np.abs(ours - theirs).mean() < 8
+    assert np.abs(np.rot90(ours, 2) - theirs).mean() > 20  # not merely similar anyway
