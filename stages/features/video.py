@@ -8,7 +8,7 @@ the loop bounded by `decode_timeout`). From it come
   header and quantisation table for all, and a reader cuts it by `keyframe_count`);
   embed_clip embeds each and pools them into `clip_video_emb`;
 - frame_phash: the 64-bit pHash (dedup_phash's hashing) of a frame every 1/`hash_fps`
-  seconds, the sequence dedup_video matches;
+  seconds (0.25 s), the sequence dedup_video matches;
 - motion_score: frame differences, not optical flow: the mean absolute difference of
   consecutive frames sampled at `motion_fps` (grayscale, 64x64), over 255. A still
   shot reads 0, a slow zoom on a photograph 0.007, moving test patterns 0.03-0.08, a
@@ -46,7 +46,7 @@ class MeasureVideoParams(RowParams):
     keyframes: int = Field(8, ge=1, le=64, description="frames kept per clip (a JPEG strip) and embedded by embed_clip")
     keyframe_height: int = Field(224, ge=32, le=1080, description="height of each kept frame in pixels")
     motion_fps: float = Field(4.0, gt=0, le=30, description="frames a second compared for motion_score")
-    hash_fps: float = Field(2.0, gt=0, le=30, description="frames a second hashed for dedup_video")
+    hash_fps: float = Field(4.0, gt=0, le=30, description="frames a second hashed for dedup_video")
     audio: Literal["measure", "extract", "skip"] = Field(
         "measure", description="measure the sound track; extract = also store it as FLAC in `audio` (for "
                                "embed_clap); skip = neither")

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from stages.dedup.video import DedupVideo, match_ratio
+from stages.dedup.video import DedupVideo, mean_distance
 from stages.features.video import MeasureVideo
 
 
@@ -17,7 +17,7 @@ def hashes(video_set):
     for name in ("fractal.mp4", *video_set["variants"], "pattern.mp4", "silent.mp4", "long.mp4", "scenes.mp4"):
         data = open(os.path.join(video_set["dir"], name), "rb").read()
         m = MeasureVideo({"audio": "skip"}).measure({"video": data, "source_uri": name})
-        out[name] = {"seconds": len(m["frame_phash"]) / 2.0, "items": np.array(m["frame_phash"], np.uint64)}
+        out[name] = {"seconds": len(m["frame_phash"]) / 4.0, "items": np.array(m["frame_phash"], np.uint64)}
     return out
 
 
@@ -34,12 +34,13 @@ def test_variants_match_and_different_clips_do_not(video_set, hashes):
 
 def test_one_shared_frame_is_not_a_duplicate():
     rng = np.random.default_rng(0)
-    a = rng.integers(0, 2**63, 12, dtype=np.uint64)
-    b = rng.integers(0, 2**63, 12, dtype=np.uint64)
-    b[0] = a[0]  # the same opening frame, then other content
-    assert match_ratio(a, b, 10, 0.8) < 0.2
-    shifted = np.concatenate([rng.integers(0, 2**63, 2, dtype=np.uint64), a[:10]])  # a trimmed copy, later
-    assert match_ratio(a, shifted, 10, 0.8) == 1.0
+    a = rng.integers(0, 2**63, 24, dtype=np.uint64)
+    b = rng.integers(0, 2**63, 24, dtype=np.uint64)
+    b[:3] = a[:3]  # the same opening, then other content
+    assert mean_distance(a, b, 0.8) > 20
+    shifted = np.concatenate([rng.integers(0, 2**63, 4, dtype=np.uint64), a[:20]])  # a trimmed copy, later
+    assert mean_distance(a, shifted, 0.8) == 0.0
+    assert mean_distance(a, a[:10], 0.8) == 0.0 and mean_distance(a, np.zeros(0, np.uint64), 0.8) == 64.0
 
 
 def test_on_ray_with_the_keep_rule_and_an_index(ray_session, video_set, tmp_path):

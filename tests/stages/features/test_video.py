@@ -27,7 +27,7 @@ def test_keyframes_are_one_strip_of_evenly_spaced_frames(video_set):
     assert len(frames) == 6 and {f.shape for f in frames} == {(120, 160, 3)}
     # the frames differ (a zoom), and each is a picture, not a flat colour
     assert min(float(np.abs(a.astype(int) - b).mean()) for a, b in zip(frames, frames[1:])) > 1.0
-    assert len(m["frame_phash"]) == 16  # 8 s at 2 a second
+    assert len(m["frame_phash"]) == 32  # 8 s at 4 a second
 
 
 def test_motion_tells_a_still_picture_from_a_moving_one(video_set):
