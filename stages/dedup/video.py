@@ -15,9 +15,9 @@ title, a cut to the same still shot) are not duplicates: they are judged by thei
 content over time, not by a single frame. bench/bench_video_dedup.py, on 250 generated
 clips (50 originals: zooms into two corners of each of scikit-image's photographs, and
 ffmpeg's moving sources; variants re-encoded small at crf 38, trimmed, brightened,
-trimmed and small): true pairs' mean distances are 2.4 at the median and 12.9 at the
+trimmed and small): true pairs' mean distances are 2.4 at the median and 13.4 at the
 95th percentile, different clips' 20.5 at the least and 24.1 at the 1st percentile,
-hence 14 (recall 0.954, precision 1.000). A per-frame rule (80% of frames within 10
+hence 14 (recall 0.960, precision 1.000). A per-frame rule (80% of frames within 10
 bits) reached recall 0.83 there, and 2 hashes a second 0.92: trimmed copies of busy
 content line up only at the finer step.
 
