@@ -109,8 +109,10 @@ class Store:
         fs.write_bytes(uri, data)
         return ref(uri, len(data)), len(data)
 
-    def put_file(self, path: str) -> tuple[dict[str, Any], int]:
-        """A local file into the store, streamed (a long recording is never whole in memory)."""
+    def put_file(self, path: str, move: bool = False) -> tuple[dict[str, Any], int]:
+        """A local file into the store, streamed (a long recording is never whole in memory).
+        With `move`, a file the caller no longer needs is renamed into place when the store
+        is on the same file system (a clip written beside the store), else copied."""
         h = hashlib.sha256()
         size = 0
         with open(path, "rb") as f:
@@ -124,6 +126,12 @@ class Store:
             import shutil
 
             fs.makedirs(uri.rpartition("/")[0])
+            if move:
+                try:
+                    os.replace(path, uri)
+                    return ref(uri, size), size
+                except OSError:  # another file system: copied below
+                    pass
             tmp = f"{uri}.tmp-{os.getpid()}"
             shutil.copyfile(path, tmp)
             os.replace(tmp, uri)

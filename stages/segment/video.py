@@ -5,11 +5,12 @@ HistogramDetector (over PyAV): a frame starts a new shot when the correlation of
 luma histogram (128 bins) with the previous frame's falls by more than
 `scene_threshold` (0.2), at least `min_scene_seconds` after the previous cut.
 bench/bench_video.py --scenes measures the candidates on generated videos of five
-known shots each (8 videos, 32 cuts, ffmpeg's moving test sources): ffmpeg's scene
-score at 0.3 found 28 with 2 false cuts; PySceneDetect's ContentDetector (27, what
-video2dataset uses) 26 with 5 false, its AdaptiveDetector 22 with 1, its
-HistogramDetector 30 with 1, hence the histogram. (ffmpeg's score is the mean pixel
-difference less the previous one: between two busy patterns it stays low.)
+known shots each (8 videos, 32 cuts, ffmpeg's moving test sources; a cut found within
+2 frames): ffmpeg's scene score at 0.3 found 28 with 2 false cuts (at 0.2, 28 with 14);
+PySceneDetect's ContentDetector (27, what video2dataset uses) 27 with 3, its
+AdaptiveDetector 22 with 1, its HashDetector 30 with 14, its HistogramDetector 30 with
+1, hence the histogram. (ffmpeg's score is the mean pixel difference less the previous
+one: between two busy patterns it stays low.)
 `method: fixed` cuts windows of `max_seconds`. Shots shorter than `min_seconds` are
 dropped; longer than `max_seconds` are cut into windows of `max_seconds` every
 `stride` seconds.
@@ -39,7 +40,6 @@ this stage holds a list of cut times, never frames.
 from __future__ import annotations
 
 import bisect
-import hashlib
 import json
 import os
 import re
@@ -49,13 +49,12 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from pipeline import ledger, media
+from pipeline import fs, ledger, media
 from pipeline.stage import Column, Resources, RowParams, Stage
 from schemas.video_text import PROBE
 from stages.ingest import video
 from stages.ingest.transcripts import text_within
 
-KEYFRAME_SLACK = 0.5  # seconds after a shot's start a keyframe may lie for a stream copy
 
 
 class ClipVideoParams(RowParams):
@@ -139,7 +138,11 @@ class ClipVideo(Stage):
             raise ledger.Rejected("no_video", "the row has no video")
         deadline = video.Deadline(p.video_timeout, "clipping this video")
         timed = json.loads(row["transcript_segments"]) if row.get("transcript_segments") else None
-        with media.local_path(ref) as path, tempfile.TemporaryDirectory(prefix="mmcurate-clips-") as work:
+        # clips are written beside a local store, so that storing one is a rename, not a copy
+        near = self.media_store.root if fs.is_local(self.media_store.root) else None
+        if near:
+            os.makedirs(near, exist_ok=True)
+        with media.local_path(ref) as path, tempfile.TemporaryDirectory(prefix="tmp-clips-", dir=near) as work:
             try:
                 found = video.probe(path, self.budget(deadline), row.get("video_format") or "video")
             except ledger.Rejected as e:
@@ -158,7 +161,7 @@ class ClipVideo(Stage):
                 out = files.get((a, b)) or os.path.join(work, f"clip-{len(children)}.mp4")
                 if (a, b) not in files:
                     how = "reencode"
-                children.append(self.child(row, path, a, b, how, out, timed, deadline))
+                children.append(self.child(row, path, a, b, how, out, timed, deadline, found))
         return children
 
     def reencodes(self) -> bool:
@@ -168,7 +171,7 @@ class ClipVideo(Stage):
     def plan(self, path: str, spans: list[tuple[float, float]], duration: float,
              deadline: video.Deadline) -> list[tuple[float, float, str]]:
         """(start, end, how) per clip. A stream copy runs from keyframe to keyframe: its start
-        moves forward to the first keyframe in the span (at most KEYFRAME_SLACK later),
+        moves forward to the first keyframe in the span,
         its end back to the last keyframe before the span's end (the video's end for the
         last), so that nothing of a neighbouring shot leaks in. A span that would lose
         more than half its length so is re-encoded at its own span."""
@@ -189,7 +192,7 @@ class ClipVideo(Stage):
         out = []
         for a, b in spans:
             start, end = forward(a), back(b)
-            if start - a <= KEYFRAME_SLACK and end - start >= max(self.params.min_seconds - 1e-6, 0.5 * (b - a)):
+            if end - start >= max(self.params.min_seconds - 1e-6, 0.5 * (b - a)):
                 out.append((round(start, 3), round(end, 3), "copy"))
             else:
                 out.append((a, b, "reencode"))
@@ -228,7 +231,7 @@ class ClipVideo(Stage):
         return files
 
     def child(self, row: dict[str, Any], path: str, start: float, end: float, how: str, out: str,
-              timed: list | None, deadline: video.Deadline) -> dict[str, Any]:
+              timed: list | None, deadline: video.Deadline, source: video.Probe) -> dict[str, Any]:
         p = self.params
         locator = f"t={start:.3f}-{end:.3f}"
         fields = {k: v for k, v in row.items() if k not in ("reject", "sample_id", "parent_id")}
@@ -244,16 +247,16 @@ class ClipVideo(Stage):
         try:
             if how == "reencode":
                 self.encode(path, start, end, out, deadline)
-            found = self.check(out, start, end, deadline)
+            found = self.check(out, start, end, source if how == "copy" else None)
         except ledger.Rejected as e:
             if e.reason == "decode_timeout":
                 raise
             child = ledger.child(row, locator, key=key, **base)
             child["reject"] = ledger.reject("clip_failed", f"{child['source_uri']}: {e.detail}")
             return child
-        stored, size = self.media_store.put_file(out)
-        with open(out, "rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        stored, _ = self.media_store.put_file(out, move=True)
+        digest = stored["uri"].rsplit("/", 1)[1]  # the store is addressed by the bytes' sha256
+        size = stored["size"]
         probe = {f.name: getattr(found, f.name) for f in PROBE if hasattr(found, f.name)}
         return ledger.child(row, locator, key=key, **{
             **base, **probe, "duration": round(end - start, 3), "has_audio": found.audio_codec is not None,
@@ -271,16 +274,31 @@ class ClipVideo(Stage):
             raise ledger.Rejected("clip_failed", f"ffmpeg could not cut {start:.2f}-{end:.2f}s "
                                                  f"({video.last_line(err.replace(path, '<file>'))})")
 
-    def check(self, out: str, start: float, end: float, deadline: video.Deadline) -> video.Probe:
-        """The clip file exists, reads, and has a video stream: never a path to nothing."""
+    @staticmethod
+    def check(out: str, start: float, end: float, source: video.Probe | None = None) -> video.Probe:
+        """The clip file exists, reads and has a video stream (never a path to nothing); what it
+        holds, read in-process by PyAV. A stream copy keeps its source's display rotation."""
+        import av
+
         if not os.path.exists(out) or not os.path.getsize(out):
             raise ledger.Rejected("clip_failed", f"the clip {start:.2f}-{end:.2f}s came out empty")
         try:
-            return video.probe(out, self.budget(deadline), "mp4")
-        except ledger.Rejected as e:
-            if e.reason == "probe_timeout":
-                raise ledger.Rejected("decode_timeout", e.detail) from None
-            raise ledger.Rejected("clip_failed", f"the clip {start:.2f}-{end:.2f}s does not read: {e.detail}") from None
+            with av.open(out, metadata_errors="ignore") as container:
+                if not container.streams.video:
+                    raise ledger.Rejected("clip_failed", f"the clip {start:.2f}-{end:.2f}s has no video stream")
+                v = container.streams.video[0]
+                a = container.streams.audio[0] if container.streams.audio else None
+                rotation = source.rotation if source is not None else 0
+                width, height = v.codec_context.width, v.codec_context.height
+                if rotation in (90, 270):
+                    width, height = height, width
+                return video.Probe(float(container.duration or 0) / av.time_base, width, height, rotation,
+                                   float(v.average_rate or 0), v.codec_context.name,
+                                   a.codec_context.name if a is not None else None,
+                                   int(container.bit_rate or 0) or None, "mp4", v.index)
+        except av.error.FFmpegError as e:
+            raise ledger.Rejected("clip_failed", f"the clip {start:.2f}-{end:.2f}s does not read "
+                                                 f"({type(e).__name__})") from None
 
     def budget(self, deadline: video.Deadline) -> float:
         """Seconds the next ffmpeg call may take: clip_timeout, within what is left of video_timeout."""

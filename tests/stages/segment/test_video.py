@@ -129,9 +129,9 @@ def test_a_straggler_is_stopped_at_its_time_limit(video_set, tmp_path):
 def test_a_clip_file_that_is_not_there_is_a_reject_not_a_path(tmp_path):
     stage = ClipVideo({})
     with pytest.raises(ledger.Rejected) as e:
-        stage.check(str(tmp_path / "nothing.mp4"), 0.0, 2.0, video.Deadline(10))
+        stage.check(str(tmp_path / "nothing.mp4"), 0.0, 2.0)
     assert e.value.reason == "clip_failed"
     (tmp_path / "junk.mp4").write_bytes(b"\0" * 5000)
     with pytest.raises(ledger.Rejected) as e:
-        stage.check(str(tmp_path / "junk.mp4"), 0.0, 2.0, video.Deadline(10))
+        stage.check(str(tmp_path / "junk.mp4"), 0.0, 2.0)
     assert e.value.reason == "clip_failed"
