@@ -50,6 +50,15 @@ def test_a_missing_decoder_says_so(video_set):
     assert video.has_decoder("h264") and video.has_decoder("vp9") and not video.has_decoder("none")
 
 
+def test_a_codec_the_ffmpeg_build_lacks_is_missing_even_if_pyav_has_it(video_set, monkeypatch):
+    """Clips are cut by the ffmpeg program, frames read by PyAV: both must decode the codec."""
+    monkeypatch.setattr(video, "decoders", lambda: frozenset({"vp9"}))
+    assert not video.has_decoder("h264") and video.has_decoder("vp9")
+    with pytest.raises(ledger.Rejected) as e:
+        _examine(video_set, "pattern.mp4")
+    assert e.value.reason == "missing_decoder" and "'h264'" in e.value.detail
+
+
 def test_the_header_decides_too_long_before_any_decoding(video_set):
     with pytest.raises(ledger.Rejected) as e:
         _examine(video_set, "fractal.mp4", max_seconds=5)
