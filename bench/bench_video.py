@@ -246,8 +246,8 @@ def long_video(work: str, hours: float = 2.0) -> None:
         if what == "import":
             print(f"  a process importing the stages: {r['peak_kib'] / 1024:6.0f} MiB")
             continue
-        print(f"  {what:7s}: peak worker memory {r['peak_kib'] / 1024:6.0f} MiB (largest ffmpeg it ran "
-              f"{r['child_kib'] / 1024:.0f} MiB), {r['n']} {'clips' if what == 'clip' else 'cuts'}, "
+        print(f"  {what:7s}: peak worker memory {r['peak_kib'] / 1024:6.0f} MiB (its largest child "
+              f"process, fork included, {r['child_kib'] / 1024:.0f} MiB), {r['n']} {'clips' if what == 'clip' else 'cuts'}, "
               f"{r['seconds']:.0f} s ({seconds / max(r['seconds'], 1e-9):.0f}x real time)")
 
 
