@@ -121,10 +121,14 @@ def test_folders_urls_and_tars_end_in_the_same_rows(ray_session, video_set, tmp_
     with HostileServer(images=data) as server:
         manifest = tmp_path / "urls.jsonl"
         manifest.write_text("".join(json.dumps({"url": server.url(f"/img/{n}"), "text": n}) + "\n" for n in data))
+        paths = tmp_path / "paths.csv"  # a manifest of paths (relative to it), captions in a column
+        shutil.copy(os.path.join(video_set["dir"], "silent.mp4"), tmp_path / "s.mp4")
+        paths.write_text("path,caption\ns.mp4,a silent automaton\nmissing.mp4,gone\n")
         results = {}
-        for name, source in (("folder", str(folder)), ("tar", str(tar_path)), ("urls", str(manifest))):
+        for name, source, extra in (("folder", str(folder), {}), ("tar", str(tar_path), {}),
+                                    ("urls", str(manifest), {}), ("paths", str(paths), {"text_column": "caption"})):
             out = str(tmp_path / f"run-{name}")
-            stage = IngestVideo({"source": source, "allow_private_networks": True})
+            stage = IngestVideo({"source": source, "allow_private_networks": True, **extra})
             Runner(make_job(stage), out, log=lambda *a: None).run()
             kept = fs.read_parquet_dir(os.path.join(out, "stages", "01-ingest_video"), ["text"])
             rejected = ledger.audit(out)
@@ -135,5 +139,6 @@ def test_folders_urls_and_tars_end_in_the_same_rows(ray_session, video_set, tmp_
     assert results["folder"][1] == 1  # notes.mp4: not a video
     assert results["tar"] == (["caption of a", "caption of b"], 0)
     assert results["urls"] == (["pattern.mp4"], 1)  # notes.mp4 is no video, by its bytes
+    assert results["paths"] == (["a silent automaton"], 1)  # missing.mp4: missing_file
     # downloads went through temporary files, every one of them removed
     assert set(glob.glob(os.path.join(tempfile.gettempdir(), "mmcurate-dl-*"))) == before
