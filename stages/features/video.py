@@ -147,7 +147,7 @@ class MeasureVideo(Stage):
 
         p = self.params
         try:
-            with av.open(path, metadata_errors="ignore") as container:
+            with video.open_local(path) as container:
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
                 duration = float(stream.duration * stream.time_base) if stream.duration and stream.time_base \

@@ -73,7 +73,7 @@ def ffprobe(path: str, timeout: float) -> Probe:
     """The first audio stream's header, by ffprobe (argument list, time limit, bounded output)."""
     process = subprocess.Popen(["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
                                 "stream=codec_name,sample_rate,channels,duration:format=duration",
-                                "-of", "json", "-i", path],
+                                "-of", "json", "-protocol_whitelist", "file", "-i", path],
                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = _limited(process, timeout)
     try:
@@ -146,7 +146,7 @@ def blocks(path: str, found: Probe, timeout: float, seconds: float = BLOCK_SECON
 def _ffmpeg_blocks(path: str, found: Probe, timeout: float, seconds: float) -> Iterator[np.ndarray]:
     """Decoded by ffmpeg as raw float32, read in blocks; killed at the deadline."""
     channels = max(1, found.channels)
-    process = subprocess.Popen(["ffmpeg", "-nostdin", "-v", "error", "-i", path, "-vn", "-f", "f32le", "-acodec",
+    process = subprocess.Popen(["ffmpeg", "-nostdin", "-v", "error", "-protocol_whitelist", "file", "-i", path, "-vn", "-f", "f32le", "-acodec",
                                 "pcm_f32le", "-ac", str(channels), "-ar", str(found.sample_rate), "pipe:1"],
                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     errors: list[bytes] = []

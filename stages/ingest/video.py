@@ -25,6 +25,9 @@ import numpy as np
 from pipeline.ledger import Rejected
 
 OUTPUT_CAP = 1 << 20  # bytes of a program's stdout kept (ffprobe's JSON); more is a reject
+# Inputs are local files only: a hostile file cannot make ffmpeg or PyAV open anything else
+# (a playlist's segments, a URL, another file by a protocol prefix).
+LOCAL_ONLY = ["-protocol_whitelist", "file"]
 MESSAGE_CAP = 16 << 10  # bytes of its stderr kept for messages
 
 
@@ -161,7 +164,7 @@ def _rotation(stream: dict) -> int:
 def probe(path: str, timeout: float, container: str) -> Probe:
     """The header by ffprobe. Rejects: probe_timeout, truncated/corrupt (it does not
     read), no_video_stream (audio only, or a cover picture), missing_decoder."""
-    code, out, err = run(["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json", "-i", path],
+    code, out, err = run(["ffprobe", "-v", "error", *LOCAL_ONLY, "-show_format", "-show_streams", "-of", "json", "-i", path],
                          timeout, "probe_timeout")
     try:
         info = json.loads(out or b"{}")
@@ -237,15 +240,21 @@ class Deadline:
             raise Rejected("decode_timeout", f"{self.what} took more than {self.seconds:g}s")
 
 
+def open_local(path: str):
+    """A PyAV container for a local file, other protocols refused (close it: use `with`)."""
+    import av
+
+    return av.open(path, metadata_errors="ignore", options={"protocol_whitelist": "file"})
+
+
 def frames_at(path: str, times: list[float], deadline: Deadline, width: int = 64, height: int = 64,
               fmt: str = "gray") -> Iterator[tuple[float, np.ndarray]]:
     """(time, frame) for the first frame at or after each time (sorted), shrunk to
     width x height in `fmt` ("gray" or "rgb24") by the decoder's scaler. Seeks to the
     keyframe before each time and decodes forward, so the cost is one GOP per frame
     whatever the video's length."""
-    import av
 
-    with av.open(path, metadata_errors="ignore") as container:
+    with open_local(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         base = stream.time_base
@@ -260,37 +269,12 @@ def frames_at(path: str, times: list[float], deadline: Deadline, width: int = 64
                     break
 
 
-def frames_every(path: str, fps: float, deadline: Deadline, width: int = 64, height: int = 64,
-                 fmt: str = "gray", start: float = 0.0, end: float | None = None
-                 ) -> Iterator[tuple[float, np.ndarray]]:
-    """(time, frame) every 1/fps seconds of [start, end), decoded in one forward pass
-    (a clip is short; a long video goes through frames_at)."""
-    import av
-
-    step = 1.0 / fps
-    with av.open(path, metadata_errors="ignore") as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        if start > 0 and stream.time_base:
-            container.seek(int(start / stream.time_base), stream=stream, backward=True)
-        due = start
-        for frame in container.decode(stream):
-            deadline.check()
-            t = frame.time if frame.time is not None else due
-            if end is not None and t >= end:
-                break
-            if t + 1e-3 >= due:
-                yield t, frame.to_ndarray(width=width, height=height, format=fmt)
-                due = max(due + step, t + step * 0.5)
-
-
 def keyframe_times(path: str, deadline: Deadline) -> list[float]:
     """Times of the video's keyframes from its start (as `ffmpeg -ss` counts), from packet
     flags: demuxed, not decoded."""
-    import av
 
     out = []
-    with av.open(path, metadata_errors="ignore") as container:
+    with open_local(path) as container:
         stream = container.streams.video[0]
         base = stream.time_base
         origin = stream.start_time or 0

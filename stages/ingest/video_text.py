@@ -244,9 +244,8 @@ def poster(data: bytes, width: int = 192) -> bytes | None:
         with tempfile.NamedTemporaryFile(prefix="mmcurate-poster-") as f:
             f.write(data)
             f.flush()
-            import av
 
-            with av.open(f.name) as c:
+            with video.open_local(f.name) as c:
                 s = c.streams.video[0]
                 middle = float(s.duration * s.time_base) / 2 if s.duration and s.time_base else 0.0
             frames = list(video.frames_at(f.name, [middle], video.Deadline(20.0), width, width * 9 // 16, "rgb24"))

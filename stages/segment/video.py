@@ -214,7 +214,8 @@ class ClipVideo(Stage):
         bounds = sorted({t for span in copies for t in span if t > 0})
         audio = ["-map", "0:a:0?"] if p.audio == "keep" else ["-an"]
         pattern = os.path.join(work, "seg-%06d.mp4")
-        args = ["ffmpeg", "-v", "error", "-nostdin", "-y", "-i", path, "-map", "0:v:0", *audio, "-sn", "-dn",
+        args = ["ffmpeg", "-v", "error", "-nostdin", "-y", *video.LOCAL_ONLY, "-i", path, "-map", "0:v:0", *audio,
+                "-sn", "-dn",
                 "-c", "copy", "-f", "segment", "-segment_format", "mp4", "-reset_timestamps", "1",
                 "-segment_times", ",".join(f"{max(0.0, t - 5e-4):.4f}" for t in bounds), pattern]
         code, _, _ = video.run(args, self.budget(deadline))
@@ -266,7 +267,8 @@ class ClipVideo(Stage):
         """One clip re-encoded exactly at [start, end) into `out` (MP4: H.264, AAC)."""
         p = self.params
         audio = ["-map", "0:a:0?", "-c:a", "aac", "-b:a", "128k"] if p.audio == "keep" else ["-an"]
-        args = ["ffmpeg", "-v", "error", "-nostdin", "-y", "-ss", f"{start:.4f}", "-i", path, "-t", f"{end - start:.4f}",
+        args = ["ffmpeg", "-v", "error", "-nostdin", "-y", *video.LOCAL_ONLY, "-ss", f"{start:.4f}", "-i", path,
+                "-t", f"{end - start:.4f}",
                 "-map", "0:v:0", *audio, "-sn", "-dn", "-vf", self.filters(), "-c:v", "libx264", "-preset", p.preset,
                 "-crf", str(p.crf), "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-f", "mp4", out]
         code, _, err = video.run(args, self.budget(deadline))
@@ -283,7 +285,7 @@ class ClipVideo(Stage):
         if not os.path.exists(out) or not os.path.getsize(out):
             raise ledger.Rejected("clip_failed", f"the clip {start:.2f}-{end:.2f}s came out empty")
         try:
-            with av.open(out, metadata_errors="ignore") as container:
+            with video.open_local(out) as container:
                 if not container.streams.video:
                     raise ledger.Rejected("clip_failed", f"the clip {start:.2f}-{end:.2f}s has no video stream")
                 v = container.streams.video[0]
@@ -369,7 +371,8 @@ def scene_cuts(path: str, threshold: float, min_gap: float, deadline: video.Dead
     from scenedetect import HistogramDetector, SceneManager
     from scenedetect.backends.pyav import VideoStreamAv
 
-    stream = VideoStreamAv(path)
+    source = open(path, "rb")  # PyAV reads through this file object: no protocol is ever opened
+    stream = VideoStreamAv(source)
     try:
         rate = float(stream.frame_rate) or 25.0
         manager = SceneManager()
@@ -391,3 +394,4 @@ def scene_cuts(path: str, threshold: float, min_gap: float, deadline: video.Dead
         container = getattr(stream, "_container", None)
         if container is not None:
             container.close()  # PyAV closes on garbage collection only: not soon enough for a pool of videos
+        source.close()

@@ -142,3 +142,19 @@ def test_folders_urls_and_tars_end_in_the_same_rows(ray_session, video_set, tmp_
     assert results["paths"] == (["a silent automaton"], 1)  # missing.mp4: missing_file
     # downloads went through temporary files, every one of them removed
     assert set(glob.glob(os.path.join(tempfile.gettempdir(), "mmcurate-dl-*"))) == before
+
+
+def test_a_file_cannot_make_ffmpeg_open_anything_else(video_set, tmp_path):
+    """A playlist named .mp4 is not a video (by its bytes); and even when handed to ffprobe
+    directly, its reference to a URL is not fetched (ffmpeg's own rule for playlists, and
+    the local-only protocol whitelist every ffmpeg, ffprobe and PyAV call carries)."""
+    playlist = tmp_path / "list.mp4"
+    with HostileServer(images={"x.mp4": open(os.path.join(video_set["dir"], "pattern.mp4"), "rb").read()}) as server:
+        playlist.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:6\n#EXTINF:6,\n{server.url('/img/x.mp4')}\n"
+                            "#EXT-X-ENDLIST\n")
+        with pytest.raises(ledger.Rejected) as e:
+            IngestVideo({"source": str(tmp_path)}).examine(str(playlist))
+        assert e.value.reason == "not_video"
+        with pytest.raises(ledger.Rejected):
+            video.probe(str(playlist), 30, "mp4")
+        assert server.hits == {}  # nothing was fetched
