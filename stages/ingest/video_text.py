@@ -43,6 +43,8 @@ class IngestVideoParams(IngestParams):
     max_seconds: float = Field(4 * 3600, gt=0, description="longer videos are rejected as too_long (from the header)")
     max_bytes: int = Field(8 << 30, ge=1024, description="larger files and downloads are rejected as too_large "
                                                          "(downloads while streaming)")
+    max_frame_pixels: int = Field(7680 * 4320 * 2, ge=1, description="larger frames (width x height) are rejected "
+                                                                      "as too_large before any is decoded")
     sample_frames: int = Field(12, ge=2, le=200, description="frames decoded across each video to find blank "
                                                              "and truncated ones")
     probe_timeout: float = Field(60.0, gt=0, le=3600, description="seconds ffprobe may take per file")
@@ -63,7 +65,7 @@ class IngestVideo(ListedIngest):
     spool_downloads = True
     resources = Resources(num_cpus=1, batch_size=4)
     reason_hints = {**ListedIngest.reason_hints,
-                    "too_short": "min_seconds", "too_long": "max_seconds", "too_large": "max_bytes",
+                    "too_short": "min_seconds", "too_long": "max_seconds", "too_large": "max_bytes and max_frame_pixels",
                     "probe_timeout": "probe_timeout", "decode_timeout": "decode_timeout",
                     "missing_decoder": "the machine's ffmpeg/PyAV builds decide which codecs decode"}
 
@@ -162,6 +164,9 @@ class IngestVideo(ListedIngest):
         found = video.probe(path, p.probe_timeout, container)
         if found.duration > p.max_seconds:
             raise ledger.Rejected("too_long", f"{found.duration:.1f}s > max_seconds={p.max_seconds:g} (from the header)")
+        if found.width * found.height > p.max_frame_pixels:  # one decoded frame would take gigabytes
+            raise ledger.Rejected("too_large", f"frames of {found.width}x{found.height} > max_frame_pixels="
+                                               f"{p.max_frame_pixels}")
         if found.duration and found.duration < p.min_seconds:
             raise ledger.Rejected("too_short", f"{found.duration:.2f}s < min_seconds={p.min_seconds:g}")
         self._sample(path, found)

@@ -66,6 +66,9 @@ def test_the_header_decides_too_long_before_any_decoding(video_set):
     with pytest.raises(ledger.Rejected) as e:
         _examine(video_set, "fractal.mp4", max_bytes=10_000)
     assert e.value.reason == "too_large"
+    with pytest.raises(ledger.Rejected) as e:  # the frame size, from the header
+        _examine(video_set, "fractal.mp4", max_frame_pixels=320 * 200)
+    assert e.value.reason == "too_large" and "320x240" in e.value.detail
 
 
 def test_a_truncated_file_whose_header_survives_is_truncated(video_set, tmp_path):
