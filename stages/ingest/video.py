@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import functools
 import json
-import subprocess
-import threading
 import time
 from dataclasses import dataclass
 from fractions import Fraction
@@ -24,11 +22,11 @@ import numpy as np
 
 from pipeline.ledger import Rejected
 
-OUTPUT_CAP = 1 << 20  # bytes of a program's stdout kept (ffprobe's JSON); more is a reject
+from .programs import MESSAGE_CAP, OUTPUT_CAP, last_line, run  # noqa: F401 - part of this module's interface
+
 # Inputs are local files only: a hostile file cannot make ffmpeg or PyAV open anything else
 # (a playlist's segments, a URL, another file by a protocol prefix).
 LOCAL_ONLY = ["-protocol_whitelist", "file"]
-MESSAGE_CAP = 16 << 10  # bytes of its stderr kept for messages
 
 
 @dataclass
@@ -67,47 +65,6 @@ def sniff(head: bytes) -> str | None:
     if head[:4] == b"OggS":
         return "ogg"
     return None
-
-
-def run(args: list[str], timeout: float, reason: str = "decode_timeout") -> tuple[int, bytes, str]:
-    """(return code, stdout, stderr's end) of a program: an argument list (never a shell),
-    killed after `timeout` seconds (a reject with `reason`), stdout capped at OUTPUT_CAP
-    and stderr at its last MESSAGE_CAP bytes, read as they come so that neither fills memory."""
-    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = bytearray(), bytearray()
-    overflow = threading.Event()
-
-    def drain(pipe, into: bytearray, cap: int, keep_tail: bool) -> None:
-        for chunk in iter(lambda: pipe.read(1 << 16), b""):
-            if keep_tail:
-                into += chunk
-                del into[:-cap]
-            elif len(into) < cap:
-                into += chunk[: cap - len(into)]
-            else:
-                overflow.set()
-
-    readers = [threading.Thread(target=drain, args=(process.stdout, out, OUTPUT_CAP, False), daemon=True),
-               threading.Thread(target=drain, args=(process.stderr, err, MESSAGE_CAP, True), daemon=True)]
-    for r in readers:
-        r.start()
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        raise Rejected(reason, f"{args[0]} did not finish within {timeout:g}s") from None
-    finally:
-        for r in readers:
-            r.join(timeout=5)
-    if overflow.is_set():
-        raise Rejected("corrupt", f"{args[0]} wrote more than {OUTPUT_CAP} bytes about the file")
-    return process.returncode, bytes(out), err.decode("utf-8", "replace")
-
-
-def last_line(message: str) -> str:
-    lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else "no message"
 
 
 @functools.cache
