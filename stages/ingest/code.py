@@ -1,0 +1,268 @@
+"""Stage `ingest_code`: repositories become their files, each a child sample.
+
+A source is a repository (a folder with `.git`, or a bare repository), a folder whose
+subfolders are repositories, or a manifest (.jsonl/.csv/.parquet) with a `repo` column
+of repository paths (relative to the manifest, confined to its folder and
+`allowed_roots`). Every file comes from git's tree at `ref` (stages.ingest.git: plumbing
+only, no hook, filter or fsmonitor ever runs, no working tree is read, so ignored and
+untracked files never appear). Sizes come from the tree before anything is read: a
+`too_large` file costs nothing. Symlinks are blobs that would point somewhere: rejected
+(`symlink`), never followed; submodules are recorded and skipped (`submodule`); a NUL
+in the first 8,000 bytes (git's own test) is `binary`; text is UTF-8, else the
+encoding its coding cookie declares (PEP 263 style, first two lines), else `encoding`.
+A folder that is not a repository is read as plain files only with
+`allow_plain_folders` (same symlink, size and text rules; `commit` is null).
+
+Each file's locator is `repo@commit:path`; its columns `repo`, `commit`, `path`,
+`language` (from the file name, extension and shebang), `size` and `content`.
+Not yet here (issue 16, next): archives and git URLs as sources, tree-sitter's
+confirmation of the language, and the stages after ingest.
+"""
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import re
+from typing import Any, Iterator
+
+import pyarrow as pa
+from pydantic import Field
+
+from pipeline import ledger
+from pipeline.stage import Column, Params, Resources, Stage
+from schemas import IDENTITY, REJECT
+
+from .git import Repository
+
+BINARY_PROBE = 8000  # bytes git looks at for a NUL
+COOKIE = re.compile(rb"^[ \t\f]*#.*?coding[:=][ \t]*([-\w.]+)")
+EXTENSIONS = {
+    ".py": "Python", ".pyi": "Python", ".js": "JavaScript", ".mjs": "JavaScript", ".cjs": "JavaScript",
+    ".jsx": "JavaScript", ".ts": "TypeScript", ".tsx": "TypeScript", ".java": "Java", ".go": "Go", ".rs": "Rust",
+    ".c": "C", ".h": "C", ".cc": "C++", ".cpp": "C++", ".cxx": "C++", ".hpp": "C++", ".hh": "C++", ".hxx": "C++",
+    ".cs": "C#", ".rb": "Ruby", ".php": "PHP", ".sh": "Bash", ".bash": "Bash", ".zsh": "Shell", ".kt": "Kotlin",
+    ".swift": "Swift", ".scala": "Scala", ".pl": "Perl", ".pm": "Perl", ".lua": "Lua", ".r": "R", ".sql": "SQL",
+    ".html": "HTML", ".htm": "HTML", ".css": "CSS", ".scss": "SCSS", ".md": "Markdown", ".rst": "reStructuredText",
+    ".json": "JSON", ".yaml": "YAML", ".yml": "YAML", ".toml": "TOML", ".xml": "XML", ".ini": "INI", ".cfg": "INI",
+    ".txt": "Text", ".ipynb": "Jupyter Notebook", ".proto": "Protocol Buffer", ".dockerfile": "Dockerfile",
+}
+FILENAMES = {"Makefile": "Makefile", "makefile": "Makefile", "GNUmakefile": "Makefile", "Dockerfile": "Dockerfile",
+             "CMakeLists.txt": "CMake", "Gemfile": "Ruby", "Rakefile": "Ruby", "BUILD": "Starlark",
+             "LICENSE": "Text", "COPYING": "Text", "README": "Text"}
+SHEBANGS = {"python": "Python", "node": "JavaScript", "bash": "Bash", "sh": "Bash", "dash": "Bash", "zsh": "Shell",
+            "ruby": "Ruby", "perl": "Perl", "php": "PHP", "deno": "TypeScript", "ts-node": "TypeScript"}
+FILE_COLUMNS = [("repo", pa.string()), ("commit", pa.string()), ("path", pa.string()), ("language", pa.string()),
+                ("size", pa.int64()), ("content", pa.string())]
+
+
+def language_of(path: str, head: bytes = b"") -> str | None:
+    """A file's language from its name, its extension, else its shebang line."""
+    name = os.path.basename(path)
+    if name in FILENAMES:
+        return FILENAMES[name]
+    ext = os.path.splitext(name)[1].lower()
+    if ext in EXTENSIONS:
+        return EXTENSIONS[ext]
+    if head.startswith(b"#!"):
+        words = head[2:].split(b"\n", 1)[0].decode("latin-1").replace("/usr/bin/env", " ").split()
+        program = os.path.basename(words[0]) if words else ""
+        return SHEBANGS.get(re.sub(r"[\d.]+$", "", program))
+    return None
+
+
+def decode_text(data: bytes) -> str:
+    """A file's text: UTF-8 (a BOM dropped), else the coding its cookie declares. Raises
+    Rejected (binary, encoding)."""
+    if b"\0" in data[:BINARY_PROBE]:
+        raise ledger.Rejected("binary", "a NUL byte in the first 8000 bytes")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    for line in data.split(b"\n", 2)[:2]:
+        found = COOKIE.match(line)
+        if found:
+            name = found.group(1).decode("ascii", "replace")
+            try:
+                return data.decode(codecs.lookup(name).name)
+            except (LookupError, UnicodeDecodeError):
+                raise ledger.Rejected("encoding", f"not valid {name[:40]} as its coding cookie says") from None
+    raise ledger.Rejected("encoding", "not UTF-8, and no coding cookie declares another encoding")
+
+
+class IngestCodeParams(Params):
+    source: str = Field(..., description="a repository, a folder of repositories, or a manifest with a `repo` column")
+    ref: str = Field("HEAD", description="the branch, tag or commit to read")
+    repo_column: str = Field("repo", description="manifest column with repository paths")
+    allowed_roots: list[str] = Field(default_factory=list, description="folders outside the manifest's own that "
+                                                                        "its repository paths may point into")
+    max_file_bytes: int = Field(1 << 20, ge=1, description="larger files are too_large (sizes from the tree, "
+                                                           "nothing read)")
+    allow_plain_folders: bool = Field(False, description="read a folder that is not a repository as plain files")
+    git_timeout: float = Field(600.0, gt=0, le=86_400, description="seconds each git call may take")
+
+
+class IngestCode(Stage):
+    """Repositories into their files (from git's tree at one commit, never a working tree)."""
+
+    name = "ingest_code"
+    Params = IngestCodeParams
+    resources = Resources(num_cpus=1, batch_size=1)
+    placement = frozenset({"git_timeout"})
+    reason_hints = {"not_a_repository": "allow_plain_folders reads plain folders",
+                    "too_large": "max_file_bytes", "bad_ref": "ref names the commit to read"}
+
+    def adds(self) -> list[Column]:
+        return [Column("content", "value"), Column("repo"), Column("commit"), Column("path"),
+                Column("language"), Column("size", "metric", label="file size (bytes)")]
+
+    # -- listing (driver) ----------------------------------------------------------
+    def _repositories(self) -> Iterator[tuple[str, tuple[str, str] | None]]:
+        """(path, reject or None) of each repository the source names."""
+        src = os.path.realpath(self.params.source)
+        if os.path.isfile(src):
+            yield from self._from_manifest(src)
+            return
+        if not os.path.isdir(src):
+            raise ValueError(f"{self.params.source}: no such repository, folder or manifest")
+        if _looks_like_repository(src):
+            yield src, None
+            return
+        entries = sorted(os.scandir(src), key=lambda e: e.name)
+        subfolders = [e for e in entries if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")]
+        if self.params.allow_plain_folders and not any(_looks_like_repository(e.path) for e in subfolders):
+            yield src, None  # a plain folder of files, read as one
+            return
+        for entry in entries:
+            if entry in subfolders:
+                yield entry.path, None
+            elif entry.is_symlink():
+                yield entry.path, ("symlink", "a symbolic link in the source folder is not followed")
+        if not subfolders:
+            yield src, None  # neither a repository nor a folder of them: rejected by files()
+
+    def _from_manifest(self, manifest: str) -> Iterator[tuple[str, tuple[str, str] | None]]:
+        import pyarrow.csv as pcsv
+        import pyarrow.json as pjson
+        import pyarrow.parquet as pq
+
+        readers = {".jsonl": pjson.read_json, ".json": pjson.read_json, ".csv": pcsv.read_csv,
+                   ".parquet": pq.read_table}
+        ext = os.path.splitext(manifest)[1].lower()
+        if ext not in readers:
+            raise ValueError(f"{manifest}: a manifest is .jsonl, .csv or .parquet")
+        table = readers[ext](manifest)
+        if self.params.repo_column not in table.column_names:
+            raise ValueError(f"{manifest}: no {self.params.repo_column!r} column (has {table.column_names})")
+        base = os.path.dirname(manifest)
+        roots = [base] + [os.path.realpath(r) for r in self.params.allowed_roots]
+        for value in table.column(self.params.repo_column).to_pylist():
+            if not value or "://" in str(value) or str(value).endswith((".tar.gz", ".tgz", ".zip")):
+                yield str(value), ("unsupported_source", "archives and git URLs are not read yet; give a path")
+                continue
+            path = os.path.realpath(os.path.join(base, str(value)))
+            if not any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots):
+                yield str(value), ("path_outside_root", "outside the manifest's folder and allowed_roots")
+                continue
+            yield path, None
+
+    def list_inputs(self, limit: int | None = None) -> Iterator[pa.Table]:
+        rows = []
+        for ordinal, (path, why) in enumerate(self._repositories()):
+            if limit is not None and ordinal >= limit:
+                break
+            rows.append({"sample_id": ledger.sample_id(path, self.params.ref), "ordinal": ordinal, "modality": "code",
+                         "source_uri": path, "meta": "{}", "repo": path,
+                         "reject": ledger.reject(*why) if why else None})
+        schema = pa.schema([*IDENTITY, pa.field("repo", pa.string()), pa.field("reject", REJECT)])
+        yield pa.Table.from_pylist(rows, schema=schema)
+
+    # -- reading (workers) -----------------------------------------------------------
+    def process(self, batch: pa.Table) -> pa.Table:
+        out: list[dict[str, Any]] = []
+        for row in batch.to_pylist():
+            try:
+                children = list(self.files(row))
+                if not children:
+                    raise ledger.Rejected("empty_repository", "no file at this commit")
+                out += children
+            except ledger.Rejected as e:
+                out.append({**row, "reject": ledger.reject(e.reason, f"{row['source_uri']}: {e.detail}")})
+        schema = ledger.ensure_reject_column(batch).schema
+        for name, kind in [("parent_id", pa.string()), *FILE_COLUMNS]:
+            if name not in schema.names:
+                schema = schema.append(pa.field(name, kind))
+        return pa.Table.from_pylist(out, schema=schema)
+
+    def files(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        path = row["repo"]
+        if not _looks_like_repository(path):
+            if not self.params.allow_plain_folders:
+                raise ledger.Rejected("not_a_repository", "not a git repository (allow_plain_folders reads plain "
+                                                          "folders)")
+            yield from self._plain(row, path)
+            return
+        with Repository(path, self.params.git_timeout) as repo:
+            commit = repo.commit(self.params.ref)
+            entries = repo.tree(commit)
+            wanted = []
+            for e in entries:
+                child = self._child(row, path, commit, e.path, e.size)
+                if e.symlink:
+                    yield _rejected(child, "symlink", "a symbolic link is not followed")
+                elif e.submodule:
+                    yield _rejected(child, "submodule", f"a submodule at commit {e.sha}: recorded, not read")
+                elif e.size is not None and e.size > self.params.max_file_bytes:
+                    yield _rejected(child, "too_large", f"{e.size} bytes > max_file_bytes={self.params.max_file_bytes}")
+                else:
+                    wanted.append((e, child))
+            by_sha = {}
+            for e, _ in wanted:
+                by_sha.setdefault(e.sha, []).append(e)
+            data = dict(repo.blobs(list(by_sha)))
+            for e, child in wanted:
+                yield self._read(child, data[e.sha])
+
+    def _plain(self, row: dict[str, Any], root: str) -> Iterator[dict[str, Any]]:
+        for folder, dirs, names in os.walk(root, followlinks=False):
+            dirs[:] = sorted(d for d in dirs if d != ".git" and not os.path.islink(os.path.join(folder, d)))
+            links = [d for d in os.listdir(folder) if os.path.islink(os.path.join(folder, d))]
+            for name in sorted(set(names) | set(links)):
+                full = os.path.join(folder, name)
+                rel = os.path.relpath(full, root)
+                size = os.lstat(full).st_size
+                child = self._child(row, root, None, rel, size)
+                if os.path.islink(full):
+                    yield _rejected(child, "symlink", "a symbolic link is not followed")
+                elif size > self.params.max_file_bytes:
+                    yield _rejected(child, "too_large", f"{size} bytes > max_file_bytes={self.params.max_file_bytes}")
+                else:
+                    fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW)
+                    with os.fdopen(fd, "rb") as f:
+                        yield self._read(child, f.read(self.params.max_file_bytes + 1))
+
+    def _child(self, row: dict[str, Any], repo: str, commit: str | None, path: str, size: int | None) -> dict[str, Any]:
+        locator = f"{repo}@{commit or 'plain'}:{path}"
+        fields = {k: v for k, v in row.items() if k not in ("reject", "sample_id", "parent_id")}
+        return ledger.child(row, locator, **{**fields, "repo": repo, "commit": commit, "path": path,
+                                            "language": language_of(path), "size": size, "content": None,
+                                            "meta": json.dumps({"locator": locator}, ensure_ascii=False)})
+
+    @staticmethod
+    def _read(child: dict[str, Any], data: bytes) -> dict[str, Any]:
+        try:
+            text = decode_text(data)
+        except ledger.Rejected as e:
+            return _rejected(child, e.reason, e.detail)
+        return {**child, "content": text, "size": len(data),
+                "language": child["language"] or language_of(child["path"], data[:200])}
+
+
+def _rejected(child: dict[str, Any], reason: str, detail: str) -> dict[str, Any]:
+    return {**child, "reject": ledger.reject(reason, f"{child['source_uri']}: {detail}")}
+
+
+def _looks_like_repository(path: str) -> bool:
+    return os.path.lexists(os.path.join(path, ".git")) or (
+        os.path.isfile(os.path.join(path, "HEAD")) and os.path.isdir(os.path.join(path, "objects")))
