@@ -16,7 +16,8 @@ A folder that is not a repository is read as plain files only with
 Each file's locator is `repo@commit:path`; its columns `repo`, `commit`, `path`,
 `language` (from the file name, extension and shebang), `size` and `content`.
 Not yet here (issue 16, next): archives and git URLs as sources, tree-sitter's
-confirmation of the language, and the stages after ingest.
+confirmation of the language at ingest (filter_code measures the parse), and the
+stages after filter_code.
 """
 from __future__ import annotations
 
