@@ -146,3 +146,28 @@ def test_ingest_code_in_a_job_balances(ray_session, tmp_path, hostile):
     assert audit["ok"] and audit["inputs"] == 1 and audit["expanded"] == 1 and not marker.exists()
     kept = fs.read_parquet_dir(os.path.join(out, "stages", "01-ingest_code"), ["path"])
     assert sorted(kept.column("path").to_pylist()) == [".gitignore", "app.py", "big.py", "latin.py", "lib/util.js", "run"]
+
+
+def test_this_repository_end_to_end(ray_session, tmp_path):
+    """A real repository (this one, at its HEAD) through ingest_code, filter_code and
+    extract_functions on Ray: the audit balances, and its own documented functions come out."""
+    import pyarrow as pa
+
+    from pipeline.runner import Runner
+    from stages.filters.code import FilterCode
+    from stages.segment.code import ExtractFunctions
+    from tests.conftest import ROOT
+    from tests.pipeline.helpers import make_job
+
+    out = str(tmp_path / "run")
+    Runner(make_job(IngestCode({"source": ROOT}), FilterCode({}), ExtractFunctions({"require_docstring": True})),
+           out, log=lambda *a: None).run()
+    audit = ledger.audit(out)
+    assert audit["ok"], audit
+    last = sorted(d for d in os.listdir(os.path.join(out, "stages")))[-1]
+    kept = fs.read_parquet_dir(os.path.join(out, "stages", last), ["name", "kind", "docstring", "path"])
+    rows = kept.to_pylist()
+    assert any(r["name"] == "decode_text" and r["path"] == "stages/ingest/code.py" for r in rows)
+    functions = [r for r in rows if r["kind"] in ("function", "method")]
+    assert len(functions) > 200 and all(r["docstring"] for r in functions)
+    assert isinstance(kept, pa.Table)
