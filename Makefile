@@ -47,6 +47,7 @@ bench: setup
 	$(PY) bench/bench_audio_dedup.py
 	$(PY) bench/bench_video.py
 	$(PY) bench/bench_video_dedup.py
+	$(PY) bench/bench_license.py
 
 clean:
 	rm -rf runs .venv .venv-pillow bench/_data
