@@ -54,7 +54,7 @@ FILENAMES = {"Makefile": "Makefile", "makefile": "Makefile", "GNUmakefile": "Mak
 SHEBANGS = {"python": "Python", "node": "JavaScript", "bash": "Bash", "sh": "Bash", "dash": "Bash", "zsh": "Shell",
             "ruby": "Ruby", "perl": "Perl", "php": "PHP", "deno": "TypeScript", "ts-node": "TypeScript"}
 FILE_COLUMNS = [("repo", pa.string()), ("commit", pa.string()), ("path", pa.string()), ("language", pa.string()),
-                ("size", pa.int64()), ("content", pa.string())]
+                ("size", pa.int64()), ("content", pa.string()), ("src_ext", pa.string())]
 
 
 def language_of(path: str, head: bytes = b"") -> str | None:
@@ -70,6 +70,13 @@ def language_of(path: str, head: bytes = b"") -> str | None:
         program = os.path.basename(words[0]) if words else ""
         return SHEBANGS.get(re.sub(r"[\d.]+$", "", program))
     return None
+
+
+def src_ext(path: str) -> str:
+    """The shard member suffix of a file: `src.` and its own extension (`src.py`, `src.json`),
+    never colliding with the sample's `.json`; `src` alone without one."""
+    ext = re.sub(r"[^a-z0-9]", "", os.path.splitext(os.path.basename(path))[1].lower())[:16]
+    return f"src.{ext}" if ext else "src"
 
 
 def decode_text(data: bytes) -> str:
@@ -115,8 +122,9 @@ class IngestCode(Stage):
                     "too_large": "max_file_bytes", "bad_ref": "ref names the commit to read"}
 
     def adds(self) -> list[Column]:
-        return [Column("content", "value"), Column("repo"), Column("commit"), Column("path"),
-                Column("language"), Column("size", "metric", label="file size (bytes)")]
+        # the text is a member of its own, named by the file's extension: <key>.src.py
+        return [Column("content", "text", format="@src_ext"), Column("src_ext"), Column("repo"), Column("commit"),
+                Column("path"), Column("language"), Column("size", "metric", label="file size (bytes)")]
 
     # -- listing (driver) ----------------------------------------------------------
     def _repositories(self) -> Iterator[tuple[str, tuple[str, str] | None]]:
@@ -248,6 +256,7 @@ class IngestCode(Stage):
         fields = {k: v for k, v in row.items() if k not in ("reject", "sample_id", "parent_id")}
         return ledger.child(row, locator, **{**fields, "repo": repo, "commit": commit, "path": path,
                                             "language": language_of(path), "size": size, "content": None,
+                                            "src_ext": src_ext(path),
                                             "meta": json.dumps({"locator": locator}, ensure_ascii=False)})
 
     @staticmethod

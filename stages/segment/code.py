@@ -68,8 +68,10 @@ class ExtractFunctions(Stage):
         return ["content", "language", "path"]
 
     def adds(self) -> list[Column]:
-        return [Column("name"), Column("kind"), Column("signature"), Column("code", "value"),
-                Column("docstring", "value"), Column("start_line"), Column("end_line")]
+        # each child's own code is its `<key>.src.<ext>` member (the file's `content` is not
+        # repeated in every function's sample), its documentation `<key>.txt`
+        return [Column("name"), Column("kind"), Column("signature"), Column("code", "text", format="@src_ext"),
+                Column("docstring", "text", format="txt"), Column("start_line"), Column("end_line")]
 
     def process(self, batch: pa.Table) -> pa.Table:
         out: list[dict[str, Any]] = []
@@ -89,8 +91,9 @@ class ExtractFunctions(Stage):
         fields = {k: v for k, v in row.items() if k not in ("reject", "sample_id", "parent_id")}
         out = []
         if p.keep_files:
-            out.append(ledger.child(row, "file", **{**fields, "kind": "file", "name": row.get("path"),
-                                                    "code": text, "docstring": None, "signature": None,
+            out.append(ledger.child(row, "file", **{**fields, "content": None, "kind": "file",
+                                                    "name": row.get("path"), "code": text, "docstring": None,
+                                                    "signature": None,
                                                     "start_line": 1, "end_line": text.count("\n") + 1}))
         for item in definitions(text, row.get("language"))[: p.max_items]:
             if p.require_docstring and not item["docstring"]:
@@ -98,7 +101,7 @@ class ExtractFunctions(Stage):
             if item["end_line"] - item["start_line"] + 1 < p.min_lines:
                 continue
             locator = f"{item['kind']}:{item['name']}@{item['start_line']}"
-            out.append(ledger.child(row, locator, **{**fields, **item}))
+            out.append(ledger.child(row, locator, **{**fields, "content": None, **item}))
         return out
 
 

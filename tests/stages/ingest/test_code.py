@@ -171,3 +171,45 @@ def test_this_repository_end_to_end(ray_session, tmp_path):
     functions = [r for r in rows if r["kind"] in ("function", "method")]
     assert len(functions) > 200 and all(r["docstring"] for r in functions)
     assert isinstance(kept, pa.Table)
+
+
+def test_code_to_shards(ray_session, tmp_path, hostile):
+    """ingest_code -> filter_code -> detect_license -> redact_secrets -> extract_functions ->
+    shards: the checker passes, each item is `<key>.src.<ext>` (+ `<key>.txt` for its
+    documentation), secrets do not reach the shards, and the audit balances."""
+    import glob
+    import tarfile
+
+    from pipeline.runner import Runner
+    from stages.filters.code import FilterCode
+    from stages.filters.license import DetectLicense
+    from stages.filters.secrets import RedactSecrets
+    from stages.segment.code import ExtractFunctions
+    from stages.shard.webdataset import ShardWebDataset
+    from tests.pipeline.helpers import make_job
+    from tests.shards import check_shards
+
+    repo, marker = hostile
+    (repo / "keys.py").write_text('"""Settings."""\nAWS_KEY = "AKIAIOSFODNN7EXAMPLE"\n'
+                                  'OWNER = "jane.doe@example.org"\n\n\ndef owner():\n    """Who owns it."""\n'
+                                  '    return OWNER\n')
+    safe = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false"]  # the test's own git, past the traps
+    git(repo, *safe, "add", "keys.py")
+    git(repo, *safe, "commit", "-q", "-m", "keys")
+    assert not marker.exists()
+    out = str(tmp_path / "run")
+    job = make_job(IngestCode({"source": str(repo)}), FilterCode({}), DetectLicense({"unknown_license": "flag"}),
+                   RedactSecrets({}), ExtractFunctions({}), ShardWebDataset({"name": "code", "samples_per_shard": 8}))
+    Runner(job, out, log=lambda *a: None).run()
+    assert ledger.audit(out)["ok"] and not marker.exists()
+    check_shards(os.path.join(out, "shards"))
+    members = {}
+    for tar in glob.glob(os.path.join(out, "shards", "*.tar")):
+        with tarfile.open(tar) as tf:
+            for m in tf.getmembers():
+                members[m.name] = tf.extractfile(m).read()
+    names = {n.split(".", 1)[1] for n in members}
+    assert {"src.py", "src.js", "txt", "json"} <= names
+    everything = b"".join(members.values())
+    assert b"AKIAIOSFODNN7EXAMPLE" not in everything and b"jane.doe@example.org" not in everything
+    assert b'AWS_KEY = "<KEY>"' in everything and b"Who owns it." in everything
