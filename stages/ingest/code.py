@@ -3,7 +3,9 @@
 A source is a repository (a folder with `.git`, or a bare repository), a folder whose
 subfolders are repositories, or a manifest (.jsonl/.csv/.parquet) with a `repo` column
 of repository paths (relative to the manifest, confined to its folder and
-`allowed_roots`). Every file comes from git's tree at `ref` (stages.ingest.git: plumbing
+`allowed_roots`), archives (.tar.gz, .zip: read member by member, nothing extracted)
+or git URLs (https, http, git: cloned bare and shallow by the worker, with a time
+limit, a byte cap and the private-address guard). Every file comes from git's tree at `ref` (stages.ingest.git: plumbing
 only, no hook, filter or fsmonitor ever runs, no working tree is read, so ignored and
 untracked files never appear). Sizes come from the tree before anything is read: a
 `too_large` file costs nothing. Symlinks are blobs that would point somewhere: rejected
@@ -15,9 +17,9 @@ A folder that is not a repository is read as plain files only with
 
 Each file's locator is `repo@commit:path`; its columns `repo`, `commit`, `path`,
 `language` (from the file name, extension and shebang), `size` and `content`.
-Not yet here (issue 16, next): archives and git URLs as sources, tree-sitter's
-confirmation of the language at ingest (filter_code measures the parse), and the
-stages after filter_code.
+Not yet here (issue 16, next): tree-sitter's confirmation of the language at ingest
+(filter_code measures the parse). The address guard checks the URL's host before
+cloning; git resolves it again (DNS rebinding is not closed).
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from schemas import IDENTITY, REJECT
 from .git import Repository
 
 BINARY_PROBE = 8000  # bytes git looks at for a NUL
+ARCHIVES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz", ".zip")
 COOKIE = re.compile(rb"^[ \t\f]*#.*?coding[:=][ \t]*([-\w.]+)")
 EXTENSIONS = {
     ".py": "Python", ".pyi": "Python", ".js": "JavaScript", ".mjs": "JavaScript", ".cjs": "JavaScript",
@@ -109,6 +112,9 @@ class IngestCodeParams(Params):
                                                            "nothing read)")
     allow_plain_folders: bool = Field(False, description="read a folder that is not a repository as plain files")
     git_timeout: float = Field(600.0, gt=0, le=86_400, description="seconds each git call may take")
+    clone_timeout: float = Field(600.0, gt=0, le=86_400, description="seconds a clone of a URL may take")
+    max_clone_bytes: int = Field(1 << 30, ge=1024, description="a clone that writes more is too_large")
+    allow_private_networks: bool = Field(False, description="clone from loopback and private addresses")
 
 
 class IngestCode(Stage):
@@ -117,7 +123,7 @@ class IngestCode(Stage):
     name = "ingest_code"
     Params = IngestCodeParams
     resources = Resources(num_cpus=1, batch_size=1)
-    placement = frozenset({"git_timeout"})
+    placement = frozenset({"git_timeout", "clone_timeout"})
     reason_hints = {"not_a_repository": "allow_plain_folders reads plain folders",
                     "too_large": "max_file_bytes", "bad_ref": "ref names the commit to read"}
 
@@ -167,8 +173,11 @@ class IngestCode(Stage):
         base = os.path.dirname(manifest)
         roots = [base] + [os.path.realpath(r) for r in self.params.allowed_roots]
         for value in table.column(self.params.repo_column).to_pylist():
-            if not value or "://" in str(value) or str(value).endswith((".tar.gz", ".tgz", ".zip")):
-                yield str(value), ("unsupported_source", "archives and git URLs are not read yet; give a path")
+            if not value:
+                yield str(value), ("missing_repo", f"an empty {self.params.repo_column!r}")
+                continue
+            if "://" in str(value):  # cloned by a worker (https, http, git; checked there)
+                yield str(value), None
                 continue
             path = os.path.realpath(os.path.join(base, str(value)))
             if not any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots):
@@ -206,18 +215,38 @@ class IngestCode(Stage):
 
     def files(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
         path = row["repo"]
+        if "://" in path:
+            yield from self._clone(row, path)
+            return
+        if path.lower().endswith(ARCHIVES):
+            yield from self._archive(row, path)
+            return
         if not _looks_like_repository(path):
             if not self.params.allow_plain_folders:
                 raise ledger.Rejected("not_a_repository", "not a git repository (allow_plain_folders reads plain "
                                                           "folders)")
             yield from self._plain(row, path)
             return
+        yield from self._repository(row, path, path)
+
+    def _clone(self, row: dict[str, Any], url: str) -> Iterator[dict[str, Any]]:
+        import tempfile
+
+        from .git import clone
+
+        p = self.params
+        with tempfile.TemporaryDirectory(prefix="mmcurate-clone-") as work:
+            where = clone(url, work, p.ref, p.clone_timeout, p.max_clone_bytes, p.allow_private_networks)
+            yield from self._repository(row, where, url, ref="HEAD")  # the clone holds the asked ref as HEAD
+
+    def _repository(self, row: dict[str, Any], path: str, label: str, ref: str | None = None
+                    ) -> Iterator[dict[str, Any]]:
         with Repository(path, self.params.git_timeout) as repo:
-            commit = repo.commit(self.params.ref)
+            commit = repo.commit(ref or self.params.ref)
             entries = repo.tree(commit)
             wanted = []
             for e in entries:
-                child = self._child(row, path, commit, e.path, e.size)
+                child = self._child(row, label, commit, e.path, e.size)
                 if e.symlink:
                     yield _rejected(child, "symlink", "a symbolic link is not followed")
                 elif e.submodule:
@@ -232,6 +261,52 @@ class IngestCode(Stage):
             data = dict(repo.blobs(list(by_sha)))
             for e, child in wanted:
                 yield self._read(child, data[e.sha])
+
+    def _archive(self, row: dict[str, Any], path: str) -> Iterator[dict[str, Any]]:
+        """A .tar(.gz) or .zip read member by member, nothing extracted: links are rejected,
+        paths that climb out are rejected, sizes are checked before reading and reads are
+        bounded (a zip bomb's declared size is not trusted)."""
+        import tarfile
+        import zipfile
+
+        limit = self.params.max_file_bytes
+        try:
+            if path.lower().endswith(".zip"):
+                with zipfile.ZipFile(path) as zf:
+                    for info in zf.infolist():
+                        if info.is_dir():
+                            continue
+                        child = self._child(row, path, None, info.filename, info.file_size)
+                        link = (info.external_attr >> 16) & 0o170000 == 0o120000
+                        yield self._member(child, info.filename, info.file_size, link,
+                                           lambda i=info: zf.open(i).read(limit + 1))
+            else:
+                with tarfile.open(path, "r:*") as tf:
+                    for m in tf:
+                        if m.isdir():
+                            continue
+                        child = self._child(row, path, None, m.name, m.size)
+                        if not (m.isfile() or m.issym() or m.islnk()):
+                            yield _rejected(child, "special_file", "a device, FIFO or other special file")
+                            continue
+                        yield self._member(child, m.name, m.size, m.issym() or m.islnk(),
+                                           lambda m=m: tf.extractfile(m).read(limit + 1))
+        except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as e:
+            raise ledger.Rejected("corrupt_archive", f"{type(e).__name__}: {ledger.without_bytes(str(e))[:200]}") \
+                from None
+
+    def _member(self, child: dict[str, Any], name: str, size: int, link: bool, read) -> dict[str, Any]:
+        parts = name.replace("\\", "/").split("/")
+        if name.startswith("/") or ".." in parts:
+            return _rejected(child, "unsafe_path", "an absolute path or one that climbs out of the archive")
+        if link:
+            return _rejected(child, "symlink", "a link is not followed")
+        if size > self.params.max_file_bytes:
+            return _rejected(child, "too_large", f"{size} bytes > max_file_bytes={self.params.max_file_bytes}")
+        data = read()
+        if len(data) > self.params.max_file_bytes:
+            return _rejected(child, "too_large", f"more than max_file_bytes={self.params.max_file_bytes} when read")
+        return self._read(child, data)
 
     def _plain(self, row: dict[str, Any], root: str) -> Iterator[dict[str, Any]]:
         for folder, dirs, names in os.walk(root, followlinks=False):

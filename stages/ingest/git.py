@@ -154,3 +154,66 @@ class Repository:
             timer.cancel()
             process.kill()
             process.wait()
+
+
+def clone(url: str, into: str, ref: str, timeout: float, max_bytes: int, allow_private_networks: bool) -> str:
+    """A shallow, bare clone of a remote repository (https, http or git protocol only), with
+    a time limit and a byte cap on what it writes; returns the clone's path. Nothing is
+    checked out and no hook can run (a bare clone has no working tree)."""
+    import shutil
+    import socket
+    from urllib.parse import urlsplit
+
+    from .download import blocked
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http", "git") or not parts.hostname:
+        raise Rejected("unsupported_url", f"only https, http and git URLs are cloned (got {parts.scheme or 'none'}:)")
+    if not allow_private_networks:
+        try:
+            addresses = {info[4][0] for info in socket.getaddrinfo(parts.hostname, parts.port or 443)}
+        except OSError as e:
+            raise Rejected("clone_failed", f"cannot resolve {parts.hostname}: {e}") from None
+        if any(blocked(a) for a in addresses):
+            raise Rejected("blocked_address", f"{parts.hostname} resolves to a private or loopback address "
+                                              "(allow_private_networks: true clones from those)")
+    home = tempfile.mkdtemp(prefix="mmcurate-git-home-")
+    target = os.path.join(into, "clone.git")
+    args = ["git", *SAFE_CONFIG, "-c", "protocol.allow=never", "-c", "protocol.https.allow=always",
+            "-c", "protocol.http.allow=always", "-c", "protocol.git.allow=always", "-c", "http.followRedirects=false",
+            "clone", "--bare", "--depth", "1", "--no-tags", "--single-branch", "--quiet"]
+    if ref != "HEAD":
+        args += ["--branch", ref]
+    args += ["--", url, target]
+    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               env=git_env(home), cwd=into)
+    end = time.monotonic() + timeout
+    try:
+        while process.poll() is None:
+            if time.monotonic() > end:
+                raise Rejected("clone_timeout", f"the clone took more than {timeout:g}s")
+            if _size(target) > max_bytes:
+                raise Rejected("too_large", f"the clone passed max_bytes={max_bytes}")
+            time.sleep(0.05)
+        err = process.stderr.read(1 << 14).decode("utf-8", "replace")
+        if process.returncode != 0:
+            raise Rejected("clone_failed", f"git clone: {last_line(err)}")
+        if _size(target) > max_bytes:
+            raise Rejected("too_large", f"the clone passed max_bytes={max_bytes}")
+        return target
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _size(path: str) -> int:
+    total = 0
+    for folder, _, names in os.walk(path):
+        for name in names:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:
+                pass
+    return total

@@ -117,10 +117,10 @@ def test_a_folder_of_repositories_a_bare_one_and_plain_folders(tmp_path, hostile
 def test_a_manifest_is_confined_and_refs_are_checked(tmp_path, hostile):
     repo, _ = hostile
     manifest = tmp_path / "repos.jsonl"
-    manifest.write_text('{"repo": "hostile"}\n{"repo": "/etc"}\n{"repo": "https://example.com/x.git"}\n')
+    manifest.write_text('{"repo": "hostile"}\n{"repo": "/etc"}\n{"repo": "ftp://example.com/x.git"}\n')
     parents, files = _run(manifest)
-    reasons = sorted(p["reject"]["reason"] for p in parents if p["reject"])
-    assert reasons == ["path_outside_root", "unsupported_source"] and "app.py" in files
+    assert [p["reject"]["reason"] for p in parents if p["reject"]] == ["path_outside_root"] and "app.py" in files
+    assert files["ftp://example.com/x.git"]["reject"]["reason"] == "unsupported_url"
     _, out = _run(repo, ref="--output=/tmp/x")
     assert next(iter(out.values()))["reject"]["reason"] == "bad_ref"
     _, out = _run(repo, ref="no-such-branch")
@@ -213,3 +213,69 @@ def test_code_to_shards(ray_session, tmp_path, hostile):
     everything = b"".join(members.values())
     assert b"AKIAIOSFODNN7EXAMPLE" not in everything and b"jane.doe@example.org" not in everything
     assert b'AWS_KEY = "<KEY>"' in everything and b"Who owns it." in everything
+
+
+def test_archives_are_read_member_by_member(tmp_path):
+    import io
+    import tarfile
+    import zipfile
+
+    tgz = tmp_path / "snap.tar.gz"
+    with tarfile.open(tgz, "w:gz") as tf:
+        for name, data in (("pkg/a.py", b"a = 1\n"), ("../evil.py", b"x = 1\n"), ("pkg/big.txt", b"x" * 5000)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("pkg/passwd")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tf.addfile(link)
+    archive = tmp_path / "snap.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("b.js", "export const b = 2;\n")
+        zf.writestr("bomb.txt", "0" * 200_000)  # compresses to almost nothing
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"repo": "snap.tar.gz"}\n{"repo": "snap.zip"}\n')
+    _, files = _run(manifest, max_file_bytes=4096)
+    reasons = {p: (r["reject"] or {}).get("reason") for p, r in files.items()}
+    assert reasons == {"pkg/a.py": None, "../evil.py": "unsafe_path", "pkg/big.txt": "too_large",
+                       "pkg/passwd": "symlink", "b.js": None, "bomb.txt": "too_large"}
+    assert files["pkg/a.py"]["content"] == "a = 1\n" and files["b.js"]["language"] == "JavaScript"
+
+
+@pytest.fixture
+def git_daemon(tmp_path, hostile):
+    """The hostile repository served by `git daemon` on 127.0.0.1 (stopped after the test)."""
+    import socket
+    import time
+
+    repo, _ = hostile
+    served = tmp_path / "served"
+    served.mkdir()
+    git(served, "clone", "-q", "--bare", str(repo), "hostile.git")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={served}",
+                               "--listen=127.0.0.1", f"--port={port}", str(served)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.05)
+    yield f"git://127.0.0.1:{port}/hostile.git"
+    daemon.kill()
+    daemon.wait()
+
+
+def test_a_url_is_cloned_bare_and_shallow_with_limits(tmp_path, git_daemon, hostile):
+    _, marker = hostile
+    manifest = tmp_path / "urls.jsonl"
+    manifest.write_text(f'{{"repo": "{git_daemon}"}}\n')
+    _, blocked = _run(manifest)
+    assert blocked[git_daemon]["reject"]["reason"] == "blocked_address"
+    _, files = _run(manifest, allow_private_networks=True)
+    assert files["app.py"]["repo"] == git_daemon and files["app.py"]["content"].startswith('"""An app."""')
+    assert files["escape"]["reject"]["reason"] == "symlink" and not marker.exists()
+    _, capped = _run(manifest, allow_private_networks=True, max_clone_bytes=2048)
+    assert capped[git_daemon]["reject"]["reason"] == "too_large"
