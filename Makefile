@@ -1,7 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make demo   - install, make the demo data, run jobs/demo.yaml into runs/demo/, jobs/demo_audio.yaml
-#                 into runs/demo-audio/ and jobs/demo_video.yaml into runs/demo-video/; audit, report and
-#                 check all three
+#                 into runs/demo-audio/, jobs/demo_video.yaml into runs/demo-video/ and jobs/demo_code.yaml
+#                 into runs/demo-code/; audit, report and check all four
 #   make test   - install, run the test suite
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -32,6 +32,11 @@ demo: setup
 	$(VENV)/bin/mmcurate report runs/demo-video
 	$(PY) -m jobs.read_shards runs/demo-video/shards
 	$(PY) $(SHARD_CHECKER) runs/demo-video/shards
+	$(PY) -m jobs.demo_code_data runs/demo-code-data
+	$(VENV)/bin/mmcurate run jobs/demo_code.yaml --output runs/demo-code
+	$(VENV)/bin/mmcurate audit runs/demo-code > runs/demo-code/audit.json && echo "audit: every repository and file is in the shards or the rejects (runs/demo-code/audit.json)"
+	$(VENV)/bin/mmcurate report runs/demo-code
+	$(PY) $(SHARD_CHECKER) runs/demo-code/shards
 
 test: setup
 	$(PY) -m pytest -q tests

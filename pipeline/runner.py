@@ -567,11 +567,14 @@ class Runner:
             out.append(f"the run kept 0 of {summary['inputs']} samples")
         hints = {s.name: s.reason_hints for s in self.job.stages}
         for seg in summary["segments"]:
+            # what ended in this segment, kept or rejected (children included: a repository's files)
+            ended = seg["kept"] + sum(n for reasons in seg["rejected"].values() for n in reasons.values())
+            what = "inputs" if ended == summary["inputs"] else "samples"
             for stage, reasons in seg["rejected"].items():
                 for reason, n in reasons.items():
-                    if summary["inputs"] and n > summary["inputs"] / 2:
+                    if ended and n > ended / 2:
                         hint = hints.get(stage, {}).get(reason)
-                        out.append(f"{n} of {summary['inputs']} inputs were rejected by {stage} as {reason}"
+                        out.append(f"{n} of {ended} {what} were rejected by {stage} as {reason}"
                                    + (f" ({hint})" if hint else ""))
         return out
 
