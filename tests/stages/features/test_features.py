@@ -116,6 +116,19 @@ def test_embed_text_records_the_model(pairs):
     assert meta["model"].startswith("all-MiniLM-L6-v2") and meta["random_weights"] is False
 
 
+def test_embed_text_can_leave_missing_text_without_an_embedding():
+    rows = pa.table({"docstring": ["Add two numbers.", None, "Return the sum."]})
+    out = EmbedText(text_column="docstring", skip_missing=True)
+    out.ensure_setup()
+    vectors = out.process(rows).column("st_docstring_emb").to_pylist()
+    assert vectors[1] is None and len(vectors[0]) == len(vectors[2]) == 384
+    a, c = np.array(vectors[0], np.float32), np.array(vectors[2], np.float32)
+    assert float(a @ c) > 0.3  # two docstrings about sums, embedded for real
+    dense = EmbedText(text_column="docstring")
+    dense.ensure_setup()
+    assert dense.process(rows).column("st_docstring_emb").to_pylist()[1] is not None  # the empty string's
+
+
 def test_an_undecodable_image_is_rejected_alone(pairs):
     stage = EmbedClip()
     stage.ensure_setup()
