@@ -127,9 +127,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out")
     out = ap.parse_args(argv).out
-    if os.path.exists(out):
-        shutil.rmtree(out)  # git repositories are rebuilt whole: a rerun gives the same commits
+    stamp = os.path.join(out, ".mmcurate-demo-code")
+    if os.path.exists(stamp):
+        shutil.rmtree(out)  # our own earlier demo data: rebuilt whole (fixed dates: the same commits)
+    elif os.path.exists(out) and os.listdir(out):
+        raise SystemExit(f"{out} exists and is not the code demo's folder: give an empty or new folder")
     info = make_code_demo(out)
+    open(stamp, "w").close()
     print(f"wrote the code demo's {info['repositories']} repositories to {out}/")
 
 
