@@ -38,7 +38,7 @@ from pydantic import Field
 
 from pipeline.shuffle import hash_partition, map_tables
 
-from .audio import _pairs
+from .audio import DedupAudio, _pairs
 from .keep import DedupParams
 from .minhash import _mix64
 from .near import NearDuplicates, by_column, verify_pairs
@@ -80,12 +80,7 @@ class DedupVideo(NearDuplicates):
     def payload_columns(self) -> list[str]:
         return [self.params.hash_column, "duration"]
 
-    def size_of(self, table: pa.Table) -> list[int]:
-        for column in self.size_columns:
-            if column in table.column_names:
-                return [int(v or 0) if column == "original_bytes" else int(1000 * (v or 0))
-                        for v in table.column(column).to_pylist()]
-        return [0] * table.num_rows
+    size_of = DedupAudio.size_of  # bytes, else duration: the same rule as for recordings
 
     def rows_per_sample(self) -> int:
         return QUARTERS * 40  # buckets of a 10 s clip at 4 hashes a second, about

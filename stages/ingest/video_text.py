@@ -29,6 +29,7 @@ from schemas import MEDIA_REF
 from schemas.video_text import PROBE, VIDEO_TEXT
 
 from . import video
+from .audio_text import _printable
 from .caption import normalize_caption
 from .download import Spooled
 from .listed import IngestParams, ListedIngest
@@ -173,11 +174,11 @@ class IngestVideo(ListedIngest):
         store = self.media_store
         if store is not None:
             stored, _ = store.put_file(path)
+            content = stored["uri"].rsplit("/", 1)[1]  # the store is addressed by the bytes' sha256: read once
         else:
             with open(path, "rb") as f:
                 stored = f.read()
-        with open(path, "rb") as f:
-            content = hashlib.file_digest(f, "sha256").hexdigest()
+            content = hashlib.sha256(stored).hexdigest()
         return {"content_sha256": content, "video": stored, "video_format": container, "original_bytes": size,
                 "duration": found.duration, "width": found.width, "height": found.height,
                 "rotation": found.rotation, "fps": found.fps, "video_codec": found.video_codec,
@@ -228,14 +229,6 @@ def _bytes_file(data: bytes) -> Iterator[str]:
         yield tmp
     finally:
         os.unlink(tmp)
-
-
-def _printable(head: bytes) -> bool:
-    try:
-        head.decode("utf-8")
-        return b"\0" not in head
-    except UnicodeDecodeError:
-        return False
 
 
 def poster(data: bytes, width: int = 192) -> bytes | None:
