@@ -16,9 +16,11 @@ A folder that is not a repository is read as plain files only with
 `allow_plain_folders` (same symlink, size and text rules; `commit` is null).
 
 Each file's locator is `repo@commit:path`; its columns `repo`, `commit`, `path`,
-`language` (from the file name, extension and shebang), `size` and `content`.
-Not yet here (issue 16, next): tree-sitter's confirmation of the language at ingest
-(filter_code measures the parse). The address guard checks the URL's host before
+`language` (from the file name, extension and shebang), `size` and `content`. For
+the languages with a tree-sitter grammar the parse confirms the name: `parse_error_share`
+is the share of bytes the grammar cannot read and `language_confirmed` says whether it
+is at most `confirm_share` (null without a grammar); an ambiguous `.h` becomes C or C++
+by whichever grammar reads more of it. The address guard checks the URL's host before
 cloning; git resolves it again (DNS rebinding is not closed).
 """
 from __future__ import annotations
@@ -37,6 +39,7 @@ from pipeline.stage import Column, Params, Resources, Stage
 from schemas import IDENTITY, REJECT
 
 from .git import Repository
+from .grammars import error_share, parser
 
 BINARY_PROBE = 8000  # bytes git looks at for a NUL
 ARCHIVES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz", ".zip")
@@ -57,7 +60,9 @@ FILENAMES = {"Makefile": "Makefile", "makefile": "Makefile", "GNUmakefile": "Mak
 SHEBANGS = {"python": "Python", "node": "JavaScript", "bash": "Bash", "sh": "Bash", "dash": "Bash", "zsh": "Shell",
             "ruby": "Ruby", "perl": "Perl", "php": "PHP", "deno": "TypeScript", "ts-node": "TypeScript"}
 FILE_COLUMNS = [("repo", pa.string()), ("commit", pa.string()), ("path", pa.string()), ("language", pa.string()),
-                ("size", pa.int64()), ("content", pa.string()), ("src_ext", pa.string())]
+                ("size", pa.int64()), ("content", pa.string()), ("src_ext", pa.string()),
+                ("language_confirmed", pa.bool_()), ("parse_error_share", pa.float64())]
+AMBIGUOUS = {".h": ("C", "C++")}  # the first wins a tie
 
 
 def language_of(path: str, head: bytes = b"") -> str | None:
@@ -73,6 +78,24 @@ def language_of(path: str, head: bytes = b"") -> str | None:
         program = os.path.basename(words[0]) if words else ""
         return SHEBANGS.get(re.sub(r"[\d.]+$", "", program))
     return None
+
+
+def confirm_language(path: str, language: str | None, text: str) -> tuple[str | None, float | None]:
+    """The language the parse supports, and the share of the text its grammar cannot read
+    (None without a grammar). An ambiguous extension takes the grammar that reads most."""
+    choices = AMBIGUOUS.get(os.path.splitext(path)[1].lower(), (language,)) if language else (language,)
+    data = text.encode("utf-8", "surrogatepass")
+    best, best_share = language, None
+    for candidate in choices:
+        found = parser(candidate) if candidate else None
+        if found is None:
+            continue
+        share = error_share(found.parse(data), len(data))
+        if best_share is None or share < best_share:
+            best, best_share = candidate, share
+        if share == 0.0:
+            break
+    return best, best_share
 
 
 def src_ext(path: str) -> str:
@@ -115,6 +138,8 @@ class IngestCodeParams(Params):
     clone_timeout: float = Field(600.0, gt=0, le=86_400, description="seconds a clone of a URL may take")
     max_clone_bytes: int = Field(1 << 30, ge=1024, description="a clone that writes more is too_large")
     allow_private_networks: bool = Field(False, description="clone from loopback and private addresses")
+    confirm_share: float = Field(0.1, ge=0, le=1, description="a file whose grammar cannot read more than this "
+                                                              "share of its bytes has language_confirmed false")
 
 
 class IngestCode(Stage):
@@ -130,7 +155,9 @@ class IngestCode(Stage):
     def adds(self) -> list[Column]:
         # the text is a member of its own, named by the file's extension: <key>.src.py
         return [Column("content", "text", format="@src_ext"), Column("src_ext"), Column("repo"), Column("commit"),
-                Column("path"), Column("language"), Column("size", "metric", label="file size (bytes)")]
+                Column("path"), Column("language"), Column("size", "metric", label="file size (bytes)"),
+                Column("language_confirmed"),
+                Column("parse_error_share", "metric", label="share of bytes the grammar cannot read")]
 
     # -- listing (driver) ----------------------------------------------------------
     def _repositories(self) -> Iterator[tuple[str, tuple[str, str] | None]]:
@@ -334,14 +361,15 @@ class IngestCode(Stage):
                                             "src_ext": src_ext(path),
                                             "meta": json.dumps({"locator": locator}, ensure_ascii=False)})
 
-    @staticmethod
-    def _read(child: dict[str, Any], data: bytes) -> dict[str, Any]:
+    def _read(self, child: dict[str, Any], data: bytes) -> dict[str, Any]:
         try:
             text = decode_text(data)
         except ledger.Rejected as e:
             return _rejected(child, e.reason, e.detail)
-        return {**child, "content": text, "size": len(data),
-                "language": child["language"] or language_of(child["path"], data[:200])}
+        named = child["language"] or language_of(child["path"], data[:200])
+        language, share = confirm_language(child["path"], named, text)
+        return {**child, "content": text, "size": len(data), "language": language, "parse_error_share": share,
+                "language_confirmed": None if share is None else share <= self.params.confirm_share}
 
 
 def _rejected(child: dict[str, Any], reason: str, detail: str) -> dict[str, Any]:

@@ -39,6 +39,26 @@ def test_each_rule_has_its_reason():
     assert out.column("parse_error_share").to_pylist()[0] == 0.0
 
 
+def test_data_formats_follow_starcoder_rules():
+    """JSON and YAML between 50 and 5,000 characters and half alphanumeric; XML headers go."""
+    config = "name: demo\nversion: 3\nsteps:\n  - build\n  - test\n  - publish\n"
+    cases = [
+        ({"content": '{"a": 1}', "path": "x.json", "language": "JSON"}, "too_small"),
+        ({"content": '{"key": "' + "v" * 6000 + '"}', "path": "x.json", "language": "JSON"}, "too_large"),
+        ({"content": '{"k": [' + ", ".join(["{}"] * 30) + "]}", "path": "x.json", "language": "JSON"}, "low_alnum"),
+        ({"content": '{"name": "demo", "version": "1.0.0", "description": "a data file"}', "path": "x.json",
+          "language": "JSON"}, None),
+        ({"content": config, "path": "ci.yaml", "language": "YAML"}, None),
+        ({"content": '<?xml version="1.0"?>\n<a><b>text of a node</b></a>\n', "path": "x.xml", "language": "XML"},
+         "xml"),
+    ]
+    reasons, _ = _reasons([change for change, _ in cases])
+    assert reasons == [reason for _, reason in cases]
+    # the common rules only: a small JSON file stays, the XML too
+    reasons, _ = _reasons([change for change, _ in cases], language_rules=False)
+    assert reasons[0] is None and reasons[5] is None
+
+
 def test_vendored_kept_on_request_and_rules_off():
     rows = [{"content": GOOD, "path": "vendor/x.py", "language": "Python"},
             {"content": "Plain words that do not parse as Python code at all.\n", "path": "a.py", "language": "Python"}]

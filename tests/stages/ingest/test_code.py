@@ -135,6 +135,26 @@ def test_text_and_language_rules():
     assert language_of("tool", b"#!/bin/bash\necho") == "Bash" and language_of("tool", b"data") is None
 
 
+def test_the_parse_confirms_the_language(tmp_path):
+    """A name that claims a grammar is checked by it; an ambiguous .h goes to the grammar that reads it."""
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    (folder / "ok.py").write_text("def f(x):\n    return x * 2\n")
+    (folder / "prose.py").write_text("This file is a letter to a friend, written in plain words, not code.\n")
+    (folder / "vec.h").write_text("#pragma once\nnamespace geo {\ntemplate <typename T> class Vec {\n"
+                                   "public:\n  T x, y;\n  T dot(const Vec& o) const { return x * o.x + y * o.y; }\n"
+                                   "};\n}\n")
+    (folder / "plain.h").write_text("#ifndef PLAIN_H\n#define PLAIN_H\nint add(int a, int b);\n#endif\n")
+    (folder / "notes.md").write_text("# Notes\n")
+    _, files = _run(folder, allow_plain_folders=True)
+    assert (files["ok.py"]["language"], files["ok.py"]["language_confirmed"]) == ("Python", True)
+    assert files["ok.py"]["parse_error_share"] == 0.0
+    assert (files["prose.py"]["language"], files["prose.py"]["language_confirmed"]) == ("Python", False)
+    assert (files["vec.h"]["language"], files["vec.h"]["language_confirmed"]) == ("C++", True)
+    assert (files["plain.h"]["language"], files["plain.h"]["language_confirmed"]) == ("C", True)
+    assert files["notes.md"]["language_confirmed"] is None and files["notes.md"]["parse_error_share"] is None
+
+
 def test_ingest_code_in_a_job_balances(ray_session, tmp_path, hostile):
     from pipeline.runner import Runner
     from tests.pipeline.helpers import make_job
