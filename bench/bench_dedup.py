@@ -50,11 +50,11 @@ def corpus(plant: float, seed: int = 0) -> list[str]:
     return docs + planted
 
 
-def truth(texts: list[str], threshold: float) -> tuple[set, dict]:
+def truth(texts: list[str], threshold: float, tokenizer: str = "word") -> tuple[set, dict]:
     """All pairs with exact Jaccard >= threshold, via a sparse doc x shingle product."""
     from scipy import sparse
 
-    sets = [shingle_hashes(t) for t in texts]
+    sets = [shingle_hashes(t, tokenizer) for t in texts]
     vocab, cols = np.unique(np.concatenate(sets), return_inverse=True)
     rows = np.repeat(np.arange(len(sets)), [s.size for s in sets])
     m = sparse.csr_matrix((np.ones(rows.size, dtype=np.int32), (rows, cols)), shape=(len(sets), vocab.size))

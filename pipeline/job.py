@@ -163,6 +163,14 @@ def _check_order(stages: list[Stage], source: str) -> None:
     for s in stages[:-1]:
         if s.kind == "sink":
             raise JobError(f"{source}: '{s.name}' writes the final output and must be the last stage")
+    indexes: dict[str, int] = {}  # <output>/index/<name>/ is one stage's
+    for i, s in enumerate(stages):
+        if getattr(s.params, "write_index", False):
+            name = getattr(s.params, "index_name", "") or s.name
+            if name in indexes:
+                raise JobError(f"{source}: stages[{indexes[name]}] and stages[{i}] would both write the index "
+                               f"'{name}'; give one of them another index_name (or write_index: false)")
+            indexes[name] = i
 
 
 def _expanded_size(root: yaml.Node) -> int:

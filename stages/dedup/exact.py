@@ -140,7 +140,7 @@ class DedupExact(Stage):
         if index_tmp:
             fs.makedirs(index_tmp)
             fs.write_bytes(fs.join(index_tmp, "index.json"), json.dumps({"stage": self.name, "key": p.key}).encode())
-            fs.replace_dir(index_tmp, fs.join(ctx.run.root, "index", self.name))
+            fs.replace_dir(index_tmp, fs.join(ctx.run.root, "index", self.params.index_name or self.name))
         return stats
 
     def mark(self, table: pa.Table) -> pa.Table:

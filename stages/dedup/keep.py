@@ -33,7 +33,10 @@ class DedupParams(Params):
                                                                   "samples that duplicate them are removed")
     against_reason: Literal["duplicate", "contaminated"] = Field(
         "duplicate", description="reason for those: duplicate (a refresh) or contaminated (an evaluation set)")
-    write_index: bool = Field(True, description="write the kept samples' keys to <output>/index/<stage>/")
+    write_index: bool = Field(True, description="write the kept samples' keys to <output>/index/<index_name>/")
+    index_name: str = Field("", pattern=r"^([A-Za-z0-9_-][A-Za-z0-9_.-]{0,63})?$",
+                            description="the index's folder (default: the stage's name); two dedup stages of one "
+                                        "name in a job (files, then functions) need different ones")
 
     @field_validator("against", mode="before")
     @classmethod

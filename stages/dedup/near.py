@@ -168,7 +168,7 @@ class NearDuplicates(Stage):
         if index_tmp:
             made = {"stage": self.name} | self.index_settings()
             fs.write_bytes(fs.join(index_tmp, "index.json"), json.dumps(made, indent=1).encode())
-            fs.replace_dir(index_tmp, fs.join(ctx.run.root, "index", self.name))
+            fs.replace_dir(index_tmp, fs.join(ctx.run.root, "index", self.params.index_name or self.name))
         return stats
 
     def rows_per_sample(self) -> int:

@@ -9,7 +9,10 @@ comments right above it (no blank line between): JSDoc, Javadoc, Doxygen and PHP
 blocks, Go's and Rust's `//`/`///` lines, Ruby's and Bash's `#` lines, with the comment
 markers stripped. Columns: `name`, `kind` (function, method, class; `file` for the file
 itself when `keep_files`), `signature` (the text before the body), `code`, `docstring`,
-`language`, `path`, `start_line`, `end_line` (1-based). `require_docstring` drops the
+`language`, `path`, `start_line`, `end_line` (1-based), and `code_without_docs`: the code
+with a Python docstring taken out (other languages document above the code, so it is
+the code), for retrieval between code and its documentation that cannot peek at the
+answer. `require_docstring` drops the
 definitions without documentation; `min_lines` drops one-liners.
 """
 from __future__ import annotations
@@ -47,7 +50,8 @@ DEFINITIONS = {
 BODY_FIELDS = ("body", "block")
 COMMENT_TYPES = {"comment", "line_comment", "block_comment", "doc_comment"}
 CODE_COLUMNS = [("name", pa.string()), ("kind", pa.string()), ("signature", pa.string()), ("code", pa.string()),
-                ("docstring", pa.string()), ("start_line", pa.int32()), ("end_line", pa.int32())]
+                ("docstring", pa.string()), ("start_line", pa.int32()), ("end_line", pa.int32()),
+                ("code_without_docs", pa.string())]
 
 
 class ExtractFunctionsParams(RowParams):
@@ -71,7 +75,8 @@ class ExtractFunctions(Stage):
         # each child's own code is its `<key>.src.<ext>` member (the file's `content` is not
         # repeated in every function's sample), its documentation `<key>.txt`
         return [Column("name"), Column("kind"), Column("signature"), Column("code", "text", format="@src_ext"),
-                Column("docstring", "text", format="txt"), Column("start_line"), Column("end_line")]
+                Column("docstring", "text", format="txt"), Column("start_line"), Column("end_line"),
+                Column("code_without_docs")]
 
     def process(self, batch: pa.Table) -> pa.Table:
         out: list[dict[str, Any]] = []
@@ -93,7 +98,7 @@ class ExtractFunctions(Stage):
         if p.keep_files:
             out.append(ledger.child(row, "file", **{**fields, "content": None, "kind": "file",
                                                     "name": row.get("path"), "code": text, "docstring": None,
-                                                    "signature": None,
+                                                    "signature": None, "code_without_docs": None,
                                                     "start_line": 1, "end_line": text.count("\n") + 1}))
         for item in definitions(text, row.get("language"))[: p.max_items]:
             if p.require_docstring and not item["docstring"]:
@@ -124,8 +129,21 @@ def definitions(text: str, language: str | None) -> list[dict[str, Any]]:
                 body = next((node.child_by_field_name(f) for f in BODY_FIELDS if node.child_by_field_name(f)), None)
                 signature = data[node.start_byte: body.start_byte if body else node.end_byte].decode(
                     "utf-8", "replace").strip()[:500]
+                start, docs = _outer(node).start_byte, _python_docstring(node) if language == "Python" else None
+                code = data[start:node.end_byte]
+                if docs is not None:
+                    code = data[start:node.end_byte]
+                    a, b = docs.start_byte - start, docs.end_byte - start
+                    eol = code.find(b"\n", b)
+                    eol = len(code) if eol < 0 else eol + 1
+                    if code[b:eol].strip():  # code follows on its line: `"""doc"""; return x`
+                        b = b + len(code[b:eol]) - len(code[b:eol].lstrip(b" \t;"))
+                        code = code[:a] + code[b:]
+                    else:  # the docstring's lines go
+                        code = code[:a].rstrip(b" \t") + code[eol:]
                 out.append({"name": name, "kind": kind, "signature": signature,
-                            "code": data[_outer(node).start_byte:node.end_byte].decode("utf-8", "replace"),
+                            "code": data[start:node.end_byte].decode("utf-8", "replace"),
+                            "code_without_docs": code.decode("utf-8", "replace"),
                             "docstring": _docstring(node, data, language),
                             "start_line": node.start_point[0] + 1, "end_line": node.end_point[0] + 1})
         stack.extend((c, in_class or is_class) for c in reversed(node.children))
@@ -149,14 +167,20 @@ def _name(node, data: bytes) -> str | None:
     return data[named.start_byte:named.end_byte].decode("utf-8", "replace")[:200] if named is not None else None
 
 
+def _python_docstring(node):
+    """The statement that is a Python definition's docstring (the first of its body, a string)."""
+    body = node.child_by_field_name("body")
+    first = body.named_children[0] if body is not None and body.named_children else None
+    if first is not None and first.type == "expression_statement" and first.named_children and \
+            first.named_children[0].type == "string":
+        return first
+    return None
+
+
 def _docstring(node, data: bytes, language: str) -> str | None:
     if language == "Python":
-        body = node.child_by_field_name("body")
-        first = body.named_children[0] if body is not None and body.named_children else None
-        if first is not None and first.type == "expression_statement" and first.named_children and \
-                first.named_children[0].type == "string":
-            return _strip_string(data[first.start_byte:first.end_byte].decode("utf-8", "replace"))
-        return None
+        first = _python_docstring(node)
+        return None if first is None else _strip_string(data[first.start_byte:first.end_byte].decode("utf-8", "replace"))
     comments = []
     anchor = _outer(node)
     # Go, Rust, Java...: a method inside an export or a template sits in a wrapper node

@@ -57,5 +57,38 @@ def test_the_code_demo(code_demo):
     assert licences["idna"] == "BSD-3-Clause" and licences["click"] == "BSD-3-Clause"
     assert licences["toolbox"] == "MIT" and licences["packaging"] == "Apache-2.0 OR BSD-2-Clause"
     documented = [s for s in samples if s["kind"] in ("function", "method") and s.get("parent_id")]
-    texts = {k.split(".")[0] for k in members if k.endswith(".txt")}
+    texts = {k.split(".")[0] for k in members if k.endswith(".txt") and k.count(".") == 1}  # not <key>.src.txt
     assert len(documented) > 300 and len(texts) > 200
+    # embeddings: the docstring of every documented item, the code of every definition; the
+    # intermediate code_without_docs is left out of the shards
+    doc_vectors = {k.split(".")[0] for k in members if k.endswith(".st_docstring_emb.npy")}
+    code_vectors = {k.split(".")[0] for k in members if k.endswith(".st_code_without_docs_emb.npy")}
+    assert doc_vectors == texts and texts <= code_vectors
+    assert all("code_without_docs" not in s for s in samples)
+
+
+def test_code_is_deduplicated_as_files_and_as_functions(code_demo):
+    out, _, _ = code_demo
+    duplicates = {}  # segment -> kinds of the duplicates it removed (None: a file before extraction)
+    for d in sorted(os.listdir(os.path.join(out, "rejects"))):
+        t = fs.read_parquet_dir(os.path.join(out, "rejects", d))
+        if t is not None:
+            kinds = t.column("kind").to_pylist() if "kind" in t.column_names else [None] * t.num_rows
+            duplicates[d] = [k for k, r in zip(kinds, t.column("reject_reason").to_pylist()) if r == "duplicate"]
+    files = duplicates["02-dedup_exact"] + duplicates["03-dedup_minhash"]
+    functions = [k for k in duplicates["05-dedup_minhash"] if k in ("function", "method", "class")]
+    assert files and len(functions) >= 20, duplicates  # click and packaging share helpers; vendored copies
+    assert os.path.isdir(os.path.join(out, "index", "dedup_minhash")) and \
+        os.path.isdir(os.path.join(out, "index", "dedup_minhash_functions"))
+
+
+def test_the_trainer_learns_docstring_code_retrieval(code_demo, tmp_path):
+    from jobs.train import TrainConfig, train
+
+    out, _, _ = code_demo
+    shards = sorted(glob.glob(os.path.join(out, "shards", "*.tar")))
+    result = train(TrainConfig(shards=shards, output=str(tmp_path / "t"),
+                               modalities=["st_code_without_docs_emb", "st_docstring_emb"], batch_size=64,
+                               steps=150, checkpoint_every=0))
+    pair = result["retrieval"]["st_code_without_docs_emb->st_docstring_emb"]
+    assert pair["eval_samples"] >= 50 and pair["r@1"] >= 10 * pair["chance_r@1"], pair

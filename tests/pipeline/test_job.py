@@ -47,6 +47,20 @@ def test_unknown_stage_and_bad_order():
         parse_job({"name": "t", "stages": [{"ingest_image_text": {"source": "m"}}], "outptu": "x"})
 
 
+def test_two_dedup_stages_need_two_indexes():
+    """Files then functions: the same stage twice may not overwrite one index folder."""
+    code = {"ingest_code": {"source": "repos"}}
+    twice = [{"dedup_minhash": {"text_column": "content"}}, {"extract_functions": {}},
+             {"dedup_minhash": {"text_column": "code"}}]
+    with pytest.raises(JobError, match=r"stages\[1\] and stages\[3\] would both write the index 'dedup_minhash'"):
+        parse_job(_job(code, *twice))
+    twice[2]["dedup_minhash"]["index_name"] = "dedup_minhash_functions"
+    assert len(parse_job(_job(code, *twice)).stages) == 4
+    twice[2]["dedup_minhash"]["index_name"] = ".."
+    with pytest.raises(JobError, match="index_name"):
+        parse_job(_job(code, *twice))
+
+
 def test_missing_and_broken_files(tmp_path):
     with pytest.raises(JobError, match="job file not found"):
         load_job(str(tmp_path / "nope.yaml"))

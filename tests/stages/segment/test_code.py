@@ -28,6 +28,22 @@ def test_methods_classes_and_signatures():
     assert definitions("no grammar", "Markdown") == [] and definitions("", "Python") == []
 
 
+def test_code_without_docs_cannot_peek_at_the_answer():
+    """Retrieval between code and its docstring needs code that does not hold the docstring."""
+    src = ('class A:\n    """A class.\n\n    More.\n    """\n    def f(self):\n        """Doc."""\n'
+           '        return 1\n\ndef h(): """one"""; return 3\n')
+    found = {d["name"]: d for d in definitions(src, "Python")}
+    assert found["f"]["code_without_docs"] == "def f(self):\n        return 1"
+    assert found["h"]["code_without_docs"] == "def h(): return 3"
+    assert "A class" not in found["A"]["code_without_docs"] and "return 1" in found["A"]["code_without_docs"]
+    for language, (source, expected) in SAMPLES.items():
+        for d in definitions(source, language):
+            if d["docstring"] and language == "Python":
+                assert d["docstring"].split("\n")[0] not in d["code_without_docs"]
+            elif language != "Python":  # documentation sits above the code: the code is the code
+                assert d["code_without_docs"] == d["code"]
+
+
 def test_children_of_the_file_and_require_docstring():
     src = 'def documented():\n    """Yes."""\n\n\ndef bare():\n    return 1\n'
     row = {"sample_id": "f1", "ordinal": 0, "modality": "code", "source_uri": "r@c:a.py", "meta": "{}",
