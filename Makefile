@@ -53,6 +53,9 @@ bench: setup
 	$(PY) bench/bench_video.py
 	$(PY) bench/bench_video_dedup.py
 	$(PY) bench/bench_license.py
+	$(PY) bench/bench_code.py
+	$(PY) bench/bench_code_dedup.py
+	$(PY) bench/bench_code_secrets.py
 
 clean:
 	rm -rf runs .venv .venv-pillow bench/_data

@@ -74,3 +74,17 @@ def test_real_code_parses_and_prose_does_not():
     assert measure("Once upon a time there was a file.\n", "Python")["parse_error_share"] > 0.5
     assert measure("int main(void) { return 0; }\n", "C")["parse_error_share"] == 0.0
     assert measure("no grammar here", "Markdown")["parse_error_share"] is None
+
+
+def test_alnum_count_is_str_isalnum():
+    import random
+
+    from stages.filters.code import alnum_count
+
+    rng = random.Random(0)
+    alphabet = "aZ09_ -+*\t\n{}()'\"" + "éßЖ٣中"
+    for n in (0, 1, 50, 500):
+        for ascii_only in (True, False):
+            chars = alphabet[:18] if ascii_only else alphabet
+            text = "".join(rng.choice(chars) for _ in range(n))
+            assert alnum_count(text) == sum(c.isalnum() for c in text)
