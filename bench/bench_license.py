@@ -4,10 +4,11 @@
 
 Every installed distribution that ships licence files and declares its licence
 unambiguously (a `License-Expression`, else exactly one `License :: OSI Approved ::`
-classifier that maps to one SPDX key) is a case: detect_license's recognition of its
-licence files (alternatives joined by OR, as for a repository) against the declared
-licence, both normalised. Packages whose files hold several licences one after another
-(vendored code's notices appended) count as they come. Goal: accuracy >= 0.95.
+classifier that maps to one SPDX key) is a case: detect_license's `repository_licence`
+of its own top-level licence files (as a repository's: alternatives joined by OR,
+third-party files' licences by AND) against the declared licence, both normalised.
+Packages whose files hold several licences one after another (vendored code's notices
+appended) count as they come. Goal: accuracy >= 0.95.
 """
 from __future__ import annotations
 
@@ -38,28 +39,26 @@ def declared(dist) -> str | None:
 
 
 def main() -> None:
-    from stages.filters.license import LICENSE_FILE, normalise, recognise
+    from stages.filters.license import LICENSE_FILE, repository_licence
 
     right = wrong = 0
     misses = []
     for dist in sorted(md.distributions(), key=lambda d: d.metadata["Name"].lower()):
         truth = declared(dist)
-        # the package's own licence files: in its .dist-info or .dist-info/licenses, not the
-        # vendored projects' notices deeper down (a repository's top-level files, likewise)
-        files = [f for f in dist.files or [] if LICENSE_FILE.match(os.path.basename(str(f))) and
-                 str(f).replace("\\", "/").split(".dist-info/", 1)[-1].count("/") <= 1 and ".dist-info/" in str(f)]
+        # the package's own licence files, the repository's top-level ones: in its own .dist-info
+        # or .dist-info/licenses (PEP 639 keeps the project's relative paths there), not the
+        # vendored projects' notices deeper down nor vendored packages' own .dist-info folders
+        files = [f for f in dist.files or [] if LICENSE_FILE.match(f.name) and f.parts[0].endswith(".dist-info") and
+                 (len(f.parts) == 2 or (len(f.parts) == 3 and f.parts[1] == "licenses"))]
         if not truth or not files:
             continue
-        keys = set()
+        texts = {}
         for f in files:
             try:
-                text = open(f.locate(), encoding="utf-8", errors="replace").read()
+                texts[f.name] = open(f.locate(), encoding="utf-8", errors="replace").read()
             except OSError:
                 continue
-            key = recognise(text)
-            if key:
-                keys.add(key)
-        got = normalise(" OR ".join(sorted(keys))) if keys else None
+        got = repository_licence(texts)
         if got == truth:
             right += 1
         else:
