@@ -12,17 +12,18 @@ secret can be written: inside a string literal or a comment. Outside them (an
 identifier, a hex constant in code, a hash in a lock-step table of numbers) it is
 left alone when the file's language has a tree-sitter grammar; files without one are
 judged on the text alone. Detected keys must also look random (looks_random: enough
-distinct characters, no alphabet runs). `bench/bench_code_secrets.py` on 312 real files:
-detect-secrets' entropy plugins only look inside quotes, so the parse spared 0 hits
-there; every key it flagged (5) was an alphabet, a hex digit table or font data, which
-looks_random now leaves alone. (detect-secrets' gibberish filter needs a model we do not
-ship; not used.)
+distinct characters, no alphabet runs), and a high-entropy string that reads as words
+is left alone: detect-secrets' gibberish filter, with the character-bigram model it
+ships (rfc.model, trained on RFC text) and its limit 3.7, as BigCode's PII pipeline
+used it (hex strings always count, as there). `find` returns what each rule spared;
+`bench/bench_code_secrets.py` counts them on real files.
 """
 from __future__ import annotations
 
 import functools
 import json
 import re
+import string
 
 import pyarrow as pa
 from pydantic import Field
@@ -77,14 +78,47 @@ def looks_random(value: str) -> bool:
     return ascending < 0.5 * (len(value) - 1)
 
 
-def find(text: str, language: str | None) -> tuple[list[tuple[int, int, str]], int]:
-    """(start, end, placeholder) of every secret to redact, and how many high-entropy hits
-    outside literals and comments were left alone."""
+GIBBERISH_LIMIT = 3.7  # detect-secrets' own, "obtained through trial and error"
+
+
+@functools.cache
+def _gibberish():
+    import os
+
+    from detect_secrets.filters import gibberish
+    from gibberish_detector import serializer
+    from gibberish_detector.detector import Detector
+
+    with open(os.path.join(gibberish.__path__[0], "rfc.model")) as f:
+        return Detector(serializer.deserialize(f.read()), GIBBERISH_LIMIT)
+
+
+def reads_as_words(value: str) -> bool:
+    """detect-secrets' gibberish rule: a string its English model finds likely is not a key
+    ('ThisIsNotASecretJustWords'); a hex string cannot be judged and counts as a key."""
+    if not set(value) - set(string.hexdigits + "-"):
+        return False
+    return not _gibberish().is_gibberish(value.lower())
+
+
+TEMPLATE = re.compile(r"^(\{[^}]*\}|%\(?\w*\)?s|\$\{?\w+\}?|<[^>]*>|\*+|x+|\.\.\.)$", re.I)
+
+
+def is_placeholder(value: str) -> bool:
+    """A password in documentation or a template, not a credential: short (`user:pass`,
+    `'bar'`), a template slot (`{password}`, `%s`, `$PASS`, `<secret>`), a mask (`***`)."""
+    return len(value) < 6 or bool(TEMPLATE.match(value.strip("'\"")))
+
+
+def find(text: str, language: str | None) -> tuple[list[tuple[int, int, str]], dict[str, int]]:
+    """(start, end, placeholder) of every secret to redact, and how many detector hits each
+    rule left alone: `outside_literals` (the parse), `not_random`, `words` (gibberish),
+    `placeholder` (a documentation or template password)."""
     from detect_secrets.settings import default_settings
 
     hits: list[tuple[int, int, str]] = [(m.start(), m.end(), "<KEY>") for m in PRIVATE_KEY.finditer(text)]
     spans = literal_spans(text, language)
-    spared = 0
+    spared = {"outside_literals": 0, "not_random": 0, "words": 0, "placeholder": 0}
     offset = 0
     with default_settings():
         for number, line in enumerate(text.splitlines(keepends=True), 1):
@@ -97,10 +131,17 @@ def find(text: str, language: str | None) -> tuple[list[tuple[int, int, str]], i
                         start, end = offset + m.start(), offset + m.end()
                         if secret.type in HIGH_ENTROPY and spans is not None and \
                                 not any(a <= start and end <= b for a, b in spans):
-                            spared += 1
+                            spared["outside_literals"] += 1
                             continue
                         if secret.type not in PASSWORDS and not looks_random(value):
+                            spared["not_random"] += 1
                             continue  # an alphabet, a hex digit table, a padded run: not a key
+                        if secret.type in PASSWORDS and is_placeholder(value):
+                            spared["placeholder"] += 1
+                            continue
+                        if secret.type in HIGH_ENTROPY and reads_as_words(value):
+                            spared["words"] += 1
+                            continue
                         hits.append((start, end, "<PASSWORD>" if secret.type in PASSWORDS else "<KEY>"))
             offset += len(line)
     for label in ("EMAIL", "IP"):

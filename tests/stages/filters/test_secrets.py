@@ -46,3 +46,23 @@ def test_the_stage_counts_in_meta():
     assert out.column("secrets_redacted").to_pylist() == [6, 0]
     assert json.loads(out.column("meta").to_pylist()[0])["redactions"]["KEY"] == 3
     assert out.column("content").to_pylist()[1] == "x = 1\n"
+
+
+def test_words_placeholders_and_code_are_spared_and_counted():
+    """The gibberish check spares a high-entropy string that reads as words; documentation and
+    template passwords are not credentials; a random key in a literal still goes."""
+    from stages.filters.secrets import is_placeholder, reads_as_words
+
+    assert reads_as_words("checkTheConfigurationFileForAllValues")
+    assert not reads_as_words("Zx9Qm2Lk7PwR4tYv8NbCd3Hs") and not reads_as_words("deadbeef0123456789abcdef")
+    assert is_placeholder("pass") and is_placeholder("{password}") and is_placeholder("'%(pw)s'")
+    assert not is_placeholder("hunter2hunter2x")
+    source = ('words = "TheQuickBrownFoxJumpsOverTheLazyDogWithVexingQuizPlans"\n'
+              'key = "Zx9Qm2Lk7PwR4tYv8NbCd3HsQ1w2E3r4T5y6"\n'
+              '# postgres://user:pass@localhost:5432/db\n'
+              'dsn = "mongodb://{username}:{password}@{host}"\n')
+    hits, spared = find(source, "Python")
+    out, counts = redact(source, hits)
+    assert "TheQuickBrownFoxJumpsOverTheLazyDogWithVexingQuizPlans" in out and "Zx9Qm2Lk7PwR4tYv8NbCd3Hs" not in out
+    assert "user:pass@" in out and "{password}" in out
+    assert spared["words"] == 1 and spared["placeholder"] >= 2 and counts == {"KEY": 1}
