@@ -33,6 +33,25 @@ def _last_data_segment(rd: RunDir) -> str | None:
     return None
 
 
+def first_kept(run_root: str, columns: list[str], n: int) -> list[dict[str, Any]]:
+    """The first n rows the run kept, with those of `columns` they have: a report section's
+    previews, read part by part so that big text columns of a big run stay on disk."""
+    import pyarrow.parquet as pq
+
+    last = _last_data_segment(RunDir(run_root))
+    rows: list[dict[str, Any]] = []
+    if last is None:
+        return rows
+    filesystem, _ = fs.resolve(last)
+    for part in sorted(i.path for i in fs.list_files(last) if i.path.endswith(".parquet")):
+        names = set(pq.read_schema(part, filesystem=filesystem).names)
+        table = pq.read_table(part, filesystem=filesystem, columns=[c for c in columns if c in names])
+        rows += table.slice(0, n - len(rows)).to_pylist()
+        if len(rows) >= n:
+            break
+    return rows
+
+
 def _job_stages(rd: RunDir) -> tuple[list[Stage], str | None]:
     """The run's stages, rebuilt from its job.yaml (their declarations drive the page)."""
     from .job import load_yaml, parse_job
@@ -113,7 +132,9 @@ def build(run_dir: str) -> dict[str, Any]:
         report["funnel"].append({"segment": seg["segment"], "in": seg["in"], "kept": seg["kept"],
                                  "rejected": seg.get("rejected", {}), "expanded": seg.get("expanded", 0)})
     last = _last_data_segment(rd)
-    wanted = [*metrics, "meta", "sample_id", *([text] if text else []), *(c.name for c in shown_all)]
+    wanted = [*metrics, "meta", "sample_id", *([text] if text else []), *(c.name for c in shown_all),
+              *(c for s in stages for c in s.report_columns())]
+    wanted = list(dict.fromkeys(wanted))
     kept = fs.read_parquet_dir(last, wanted) if last else None  # only what the page shows: no embeddings
     if kept is not None and kept.num_rows:
         for column, c in metrics.items():

@@ -137,7 +137,11 @@ class Stage:
 
     def report_sections(self, run_root: str, kept) -> list[dict[str, Any]]:
         """Extra sections for `mmcurate report`: [{"title", "html"}] (kept: a table of
-        the last rows the run kept, with `meta` and the metric columns)."""
+        the last rows the run kept, with `meta`, the metric columns and report_columns())."""
+        return []
+
+    def report_columns(self) -> list[str]:
+        """Columns of the kept rows that report_sections needs beyond meta and metrics."""
         return []
 
     # -- lifecycle -------------------------------------------------------

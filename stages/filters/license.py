@@ -223,6 +223,42 @@ class DetectLicense(Stage):
     def adds(self) -> list[Column]:
         return [Column("license"), Column("license_source")]
 
+    def report_columns(self) -> list[str]:
+        return ["license", "license_source", "repo", "kind"]
+
+    def report_sections(self, run_root: str, kept) -> list[dict]:
+        """Licences of what was kept: repositories, files and definitions per SPDX expression."""
+        import html
+        import os
+        from collections import Counter
+
+        if kept is None or not kept.num_rows or "license" not in kept.column_names:
+            return []
+        n = kept.num_rows
+        licences = [x or "(unknown, flagged)" for x in kept.column("license").to_pylist()]
+        repos = kept.column("repo").to_pylist() if "repo" in kept.column_names else [None] * n
+        kinds = kept.column("kind").to_pylist() if "kind" in kept.column_names else [None] * n
+        sources = kept.column("license_source").to_pylist() if "license_source" in kept.column_names else [None] * n
+        files = Counter(lic for lic, k in zip(licences, kinds) if k in (None, "file"))
+        items = Counter(lic for lic, k in zip(licences, kinds) if k not in (None, "file"))
+        where: dict[str, set] = {}
+        for lic, repo, k in zip(licences, repos, kinds):
+            if k in (None, "file") and repo:
+                where.setdefault(lic, set()).add(os.path.basename(repo))
+        headers = Counter(lic for lic, k, src in zip(licences, kinds, sources) if k in (None, "file") and
+                          src == "spdx_header")
+        e = html.escape
+        rows = "".join(
+            f"<tr><td>{e(lic)}</td><td>{e(', '.join(sorted(where.get(lic, ())))[:300])}</td>"
+            f"<td class='n'>{files[lic]}</td><td class='n'>{headers[lic] or '-'}</td><td class='n'>{items[lic]}</td></tr>"
+            for lic in sorted(set(files) | set(items), key=lambda x: (-files[x] - items[x], x)))
+        allowed = ", ".join(self.params.licenses_allowed)
+        return [{"title": "Licences (kept)", "data": {"files": dict(files), "definitions": dict(items)},
+                 "html": f"<p>Allowed: {e(allowed)}; unknown licences: {e(self.params.unknown_license)}.</p>"
+                         "<table id='licences'><tr><th>licence (SPDX)</th><th>repositories</th><th>files</th>"
+                         "<th>of them by their own SPDX header</th><th>functions, methods, classes</th></tr>"
+                         + rows + "</table>"}]
+
     def setup(self) -> None:
         self._repos: dict[tuple[str, str | None], str | None] = {}
 

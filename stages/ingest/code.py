@@ -159,6 +159,14 @@ class IngestCode(Stage):
                 Column("language_confirmed"),
                 Column("parse_error_share", "metric", label="share of bytes the grammar cannot read")]
 
+    def report_columns(self) -> list[str]:
+        return ["language", "language_confirmed", "kind"]
+
+    def report_sections(self, run_root: str, kept) -> list[dict[str, Any]]:
+        """Languages of what was kept (files, and definitions when functions were extracted),
+        and previews of the first kept files and functions."""
+        return code_report(run_root, kept)
+
     # -- listing (driver) ----------------------------------------------------------
     def _repositories(self) -> Iterator[tuple[str, tuple[str, str] | None]]:
         """(path, reject or None) of each repository the source names."""
@@ -379,3 +387,53 @@ def _rejected(child: dict[str, Any], reason: str, detail: str) -> dict[str, Any]
 def _looks_like_repository(path: str) -> bool:
     return os.path.lexists(os.path.join(path, ".git")) or (
         os.path.isfile(os.path.join(path, "HEAD")) and os.path.isdir(os.path.join(path, "objects")))
+
+
+PREVIEW_LINES = 14
+
+
+def code_report(run_root: str, kept) -> list[dict[str, Any]]:
+    import html
+    from collections import Counter
+
+    from pipeline.report import first_kept
+
+    if kept is None or not kept.num_rows or "language" not in kept.column_names:
+        return []
+    n = kept.num_rows
+    languages = [x or "(unknown)" for x in kept.column("language").to_pylist()]
+    kinds = kept.column("kind").to_pylist() if "kind" in kept.column_names else [None] * n
+    confirmed = kept.column("language_confirmed").to_pylist() if "language_confirmed" in kept.column_names \
+        else [None] * n
+    files = Counter(lang for lang, k in zip(languages, kinds) if k in (None, "file"))
+    definitions = Counter(lang for lang, k in zip(languages, kinds) if k not in (None, "file"))
+    parsed = Counter(lang for lang, k, c in zip(languages, kinds, confirmed) if k in (None, "file") and c is not None)
+    agreed = Counter(lang for lang, k, c in zip(languages, kinds, confirmed) if k in (None, "file") and c)
+    e = html.escape
+    rows = "".join(
+        f"<tr><td>{e(lang)}</td><td class='n'>{files[lang]}</td><td class='n'>{definitions[lang]}</td>"
+        f"<td class='n'>{f'{agreed[lang]} of {parsed[lang]}' if parsed[lang] else '-'}</td></tr>"
+        for lang in sorted(set(files) | set(definitions), key=lambda x: (-files[x] - definitions[x], x)))
+    sections = [{"title": "Languages (kept)", "data": {"files": dict(files), "definitions": dict(definitions)},
+                 "html": "<table id='languages'><tr><th>language</th><th>files</th><th>functions, methods, classes"
+                         "</th><th>files the grammar confirms</th></tr>" + rows + "</table>"}]
+    previews = []
+    columns = ["repo", "path", "kind", "name", "language", "license", "code", "content", "docstring"]
+    picked = first_kept(run_root, columns, 2000)
+    # a few files and a few documented definitions, not 12 methods of one class
+    shown = [r for r in picked if r.get("kind") not in (None, "file") and r.get("docstring")][:6]
+    shown = [r for r in picked if r.get("kind") in (None, "file")][:12 - len(shown)] + shown
+    for r in shown:
+        text = r.get("code") if r.get("code") is not None else r.get("content") or ""
+        lines = text.splitlines()
+        more = f"\n... ({len(lines) - PREVIEW_LINES} more lines)" if len(lines) > PREVIEW_LINES else ""
+        what = r.get("path") if r.get("kind") in (None, "file") else f"{r.get('kind')} {r.get('name')} in {r.get('path')}"
+        head = f"{os.path.basename(str(r.get('repo') or ''))}: {what} ({r.get('language') or '?'}" + \
+            (f", {r['license']})" if r.get("license") else ")")
+        previews.append(f"<div class='code'><b>{e(head)}</b><pre>{e(chr(10).join(lines[:PREVIEW_LINES]) + more)}"
+                        "</pre></div>")
+    if previews:
+        sections.append({"title": f"Code: {len(previews)} kept files and documented definitions",
+                         "html": "<style>.code pre{background:#f6f7fa;padding:6px 8px;font-size:12px;overflow:auto;"
+                                 "max-height:260px}</style>" + "".join(previews)})
+    return sections

@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import tarfile
 
 import pytest
@@ -92,3 +93,17 @@ def test_the_trainer_learns_docstring_code_retrieval(code_demo, tmp_path):
                                steps=150, checkpoint_every=0))
     pair = result["retrieval"]["st_code_without_docs_emb->st_docstring_emb"]
     assert pair["eval_samples"] >= 50 and pair["r@1"] >= 10 * pair["chance_r@1"], pair
+
+
+def test_the_code_report(code_demo):
+    from pipeline import report
+
+    out, _, _ = code_demo
+    page = open(report.write(out), encoding="utf-8").read()
+    built = json.load(open(os.path.join(out, "report", "report.json")))
+    languages = next(s for s in built["sections"] if s["title"] == "Languages (kept)")["data"]
+    assert languages["files"]["Python"] >= 40 and languages["definitions"]["Python"] >= 1000
+    licences = next(s for s in built["sections"] if s["title"] == "Licences (kept)")["data"]
+    assert licences["files"]["BSD-3-Clause"] >= 20 and licences["definitions"]["Apache-2.0 OR BSD-2-Clause"] >= 100
+    assert page.count("<pre>") == 12 and "Code: 12 kept files and documented definitions" in page
+    assert re.search(r"filter_code: [^<]*vendored = \d+", page)  # the funnel names every filter's reasons
