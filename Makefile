@@ -1,7 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make demo   - install, make the demo data, run jobs/demo.yaml into runs/demo/, jobs/demo_audio.yaml
 #                 into runs/demo-audio/, jobs/demo_video.yaml into runs/demo-video/ and jobs/demo_code.yaml
-#                 into runs/demo-code/; audit, report and check all four
+#                 into runs/demo-code/; audit, report and check all four; train docstring<->code retrieval
 #   make test   - install, run the test suite
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -37,6 +37,7 @@ demo: setup
 	$(VENV)/bin/mmcurate audit runs/demo-code > runs/demo-code/audit.json && echo "audit: every repository and file is in the shards or the rejects (runs/demo-code/audit.json)"
 	$(VENV)/bin/mmcurate report runs/demo-code
 	$(PY) $(SHARD_CHECKER) runs/demo-code/shards
+	$(VENV)/bin/mmcurate train jobs/train_code.yaml
 
 test: setup
 	$(PY) -m pytest -q tests
