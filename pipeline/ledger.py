@@ -125,6 +125,24 @@ def child(parent: dict[str, Any], locator: str, key: str | None = None, **column
             "source_uri": f"{parent.get('source_uri')}#{locator}", "meta": columns.get("meta", parent.get("meta"))}
 
 
+def fan_out(batch: pa.Table, split, columns: list[tuple[str, pa.DataType]]) -> pa.Table:
+    """Every row of a batch through `split` (a row -> its children, made with `child`, or the
+    row itself to keep it whole), all in one table: the batch's schema plus `parent_id` and
+    the children's `columns`. A row whose split raises Rejected stays, with its reason (the
+    detail names its source); one bad row never fails its batch."""
+    out: list[dict[str, Any]] = []
+    for row in batch.to_pylist():
+        try:
+            out += split(row)
+        except Rejected as e:
+            out.append({**row, "reject": reject(e.reason, f"{row.get('source_uri')}: {e.detail}")})
+    schema = ensure_reject_column(batch).schema
+    for name, kind in [("parent_id", pa.string()), *columns]:
+        if name not in schema.names:
+            schema = schema.append(pa.field(name, kind))
+    return pa.Table.from_pylist(out, schema=schema)
+
+
 def reject(reason: str, detail: str = "", duplicate_of: str | None = None,
            cluster_id: str | None = None) -> dict[str, Any]:
     """One reject record; `stage` is filled in by the runner."""

@@ -233,20 +233,13 @@ class IngestCode(Stage):
 
     # -- reading (workers) -----------------------------------------------------------
     def process(self, batch: pa.Table) -> pa.Table:
-        out: list[dict[str, Any]] = []
-        for row in batch.to_pylist():
-            try:
-                children = list(self.files(row))
-                if not children:
-                    raise ledger.Rejected("empty_repository", "no file at this commit")
-                out += children
-            except ledger.Rejected as e:
-                out.append({**row, "reject": ledger.reject(e.reason, f"{row['source_uri']}: {e.detail}")})
-        schema = ledger.ensure_reject_column(batch).schema
-        for name, kind in [("parent_id", pa.string()), *FILE_COLUMNS]:
-            if name not in schema.names:
-                schema = schema.append(pa.field(name, kind))
-        return pa.Table.from_pylist(out, schema=schema)
+        return ledger.fan_out(batch, self._split, FILE_COLUMNS)
+
+    def _split(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        children = list(self.files(row))
+        if not children:
+            raise ledger.Rejected("empty_repository", "no file at this commit")
+        return children
 
     def files(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
         path = row["repo"]

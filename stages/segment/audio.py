@@ -71,18 +71,8 @@ class SegmentAudio(Stage):
     def process(self, batch: pa.Table) -> pa.Table:
         if self.media_store is None:
             raise RuntimeError("segment_audio stores each segment: run it in a job, or give it a media_store")
-        out: list[dict[str, Any]] = []
-        for row in batch.to_pylist():
-            try:
-                out += self.split(row)
-            except ledger.Rejected as e:
-                out.append({**row, "reject": ledger.reject(e.reason, f"{row.get('source_uri')}: {e.detail}")})
-        schema = ledger.ensure_reject_column(batch).schema
-        for name, kind in (("parent_id", pa.string()), ("segment_start", pa.float64()),
-                           ("segment_end", pa.float64()), ("text_scope", pa.string())):
-            if name not in schema.names:
-                schema = schema.append(pa.field(name, kind))
-        return pa.Table.from_pylist(out, schema=schema)
+        return ledger.fan_out(batch, self.split, [("segment_start", pa.float64()), ("segment_end", pa.float64()),
+                                                  ("text_scope", pa.string())])
 
     def split(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         p = self.params

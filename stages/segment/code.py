@@ -79,16 +79,13 @@ class ExtractFunctions(Stage):
                 Column("code_without_docs")]
 
     def process(self, batch: pa.Table) -> pa.Table:
-        out: list[dict[str, Any]] = []
-        for row in batch.to_pylist():
-            children = self.split(row)
-            out += children if children else [{**row, "reject": ledger.reject(
-                "no_definitions", f"{row.get('source_uri')}: no function or class to extract")}]
-        schema = ledger.ensure_reject_column(batch).schema
-        for name, kind in [("parent_id", pa.string()), *CODE_COLUMNS]:
-            if name not in schema.names:
-                schema = schema.append(pa.field(name, kind))
-        return pa.Table.from_pylist(out, schema=schema)
+        return ledger.fan_out(batch, self._children, CODE_COLUMNS)
+
+    def _children(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        children = self.split(row)
+        if not children:
+            raise ledger.Rejected("no_definitions", "no function or class to extract")
+        return children
 
     def split(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         p = self.params

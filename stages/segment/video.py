@@ -117,18 +117,8 @@ class ClipVideo(Stage):
     def process(self, batch: pa.Table) -> pa.Table:
         if self.media_store is None:
             raise RuntimeError("clip_video stores each clip: run it in a job, or give it a media_store")
-        out: list[dict[str, Any]] = []
-        for row in batch.to_pylist():
-            try:
-                out += self.split(row)
-            except ledger.Rejected as e:
-                out.append({**row, "reject": ledger.reject(e.reason, f"{row.get('source_uri')}: {e.detail}")})
-        schema = ledger.ensure_reject_column(batch).schema
-        for name, kind in (("parent_id", pa.string()), ("clip_start", pa.float64()), ("clip_end", pa.float64()),
-                           ("clip_cut", pa.string()), ("text_scope", pa.string())):
-            if name not in schema.names:
-                schema = schema.append(pa.field(name, kind))
-        return pa.Table.from_pylist(out, schema=schema)
+        return ledger.fan_out(batch, self.split, [("clip_start", pa.float64()), ("clip_end", pa.float64()),
+                                                  ("clip_cut", pa.string()), ("text_scope", pa.string())])
 
     # -- one source -------------------------------------------------------------------
     def split(self, row: dict[str, Any]) -> list[dict[str, Any]]:
