@@ -144,9 +144,19 @@ class Store:
 
 
 @contextlib.contextmanager
-def local_path(value: dict[str, Any]) -> Iterator[str]:
-    """A path to a reference's bytes for programs that want one (libsndfile, ffmpeg): the
-    file itself when it is local and whole, else a temporary copy of its range, streamed."""
+def local_path(value: dict[str, Any] | bytes) -> Iterator[str]:
+    """A path to a media value's bytes for programs that want one (libsndfile, ffmpeg): for a
+    reference, the file itself when it is local and whole, else a temporary copy of its
+    range, streamed; for bytes, a temporary file holding them. Temporary files go after."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        fd, tmp = tempfile.mkstemp(prefix="mmcurate-media-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(value)
+            yield tmp
+        finally:
+            os.unlink(tmp)
+        return
     uri, offset, size = value["uri"], value["offset"], value["size"]
     if fs.is_local(uri) and offset == 0 and os.path.getsize(uri) == size:
         yield uri

@@ -37,9 +37,6 @@ components, keep rule, index.
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from typing import Any, Iterator
 
 import numpy as np
@@ -112,27 +109,11 @@ def fingerprint(samples: np.ndarray, rate: int, max_seconds: float = 4 * 3600.0,
                               slowdown)
 
 
-@contextlib.contextmanager
-def _path_of(value: dict | bytes) -> Iterator[str]:
-    """A file holding a media value: the stored file itself (a reference), or a temporary copy."""
-    if isinstance(value, dict):
-        with media.local_path(value) as path:
-            yield path
-        return
-    fd, path = tempfile.mkstemp(prefix="mmcurate-fp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(value)
-        yield path
-    finally:
-        os.unlink(path)
-
-
 def fingerprint_media(value: dict | bytes, timeout: float, max_seconds: float) -> tuple[np.ndarray, float]:
     """Sub-fingerprints of a stored recording, decoded block by block (libsndfile, else ffmpeg)."""
     from stages.ingest.audio import blocks, probe
 
-    with _path_of(value) as path:
+    with media.local_path(value) as path:
         found = probe(path, timeout)
         return fingerprint_blocks(blocks(path, found, timeout), found.sample_rate, max_seconds)
 

@@ -14,14 +14,13 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from pipeline import ledger
+from pipeline import ledger, media
 from pipeline.stage import Column, Resources
 from schemas import MEDIA_REF
 from schemas.audio_text import AUDIO_TEXT, METRICS
@@ -115,13 +114,8 @@ class IngestAudio(ListedIngest):
                 yield path
                 return
             data = fetched if fetched is not None else self.read(row)
-            fd, tmp = tempfile.mkstemp(prefix="mmcurate-in-")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
+            with media.local_path(data) as tmp:
                 yield tmp
-            finally:
-                os.unlink(tmp)
         return local()
 
     def decode(self, path: str) -> dict[str, Any]:

@@ -117,7 +117,7 @@ class IngestVideo(ListedIngest):
                 yield str(fetched)
                 return
             if fetched is not None:  # not expected (downloads spool); kept correct anyway
-                with _bytes_file(fetched) as tmp:
+                with media.local_path(fetched) as tmp:
                     yield tmp
                 return
             if row["_tar_offset"] is not None:
@@ -218,35 +218,18 @@ class IngestVideo(ListedIngest):
                                                  f"(mean luma {level:.0f} of 255)")
 
 
-@contextlib.contextmanager
-def _bytes_file(data: bytes) -> Iterator[str]:
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix="mmcurate-in-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        yield tmp
-    finally:
-        os.unlink(tmp)
-
-
 def poster(data: bytes, width: int = 192) -> bytes | None:
     """A JPEG of a video's middle frame, for the report (best effort)."""
     import io
-    import tempfile
 
     from PIL import Image
 
     try:
-        with tempfile.NamedTemporaryFile(prefix="mmcurate-poster-") as f:
-            f.write(data)
-            f.flush()
-
-            with video.open_local(f.name) as c:
+        with media.local_path(data) as name:
+            with video.open_local(name) as c:
                 s = c.streams.video[0]
                 middle = float(s.duration * s.time_base) / 2 if s.duration and s.time_base else 0.0
-            frames = list(video.frames_at(f.name, [middle], video.Deadline(20.0), width, width * 9 // 16, "rgb24"))
+            frames = list(video.frames_at(name, [middle], video.Deadline(20.0), width, width * 9 // 16, "rgb24"))
         if not frames:
             return None
         buf = io.BytesIO()
