@@ -22,7 +22,6 @@ from pydantic import Field
 
 from pipeline import ledger, media
 from pipeline.stage import Column, Resources
-from schemas import MEDIA_REF
 from schemas.audio_text import AUDIO_TEXT, METRICS
 
 from . import audio
@@ -78,13 +77,7 @@ class IngestAudio(ListedIngest):
 
     def process(self, batch: pa.Table) -> pa.Table:
         values, rejects = self.each_row(batch, self._load)
-        for f in AUDIO_TEXT:
-            if f.name in batch.column_names and f.name not in ("text", "content_sha256"):
-                continue
-            column = [v.get(f.name) for v in values]
-            kind = MEDIA_REF if f.name == "audio" and any(isinstance(v, dict) for v in column) else f.type
-            batch = ledger.set_column(batch, f.name, pa.array(column, type=kind))
-        return ledger.with_rejects(batch, rejects)
+        return self.with_values(batch, values, rejects, AUDIO_TEXT, "audio")
 
     # -- one recording ----------------------------------------------------------------
     def _load(self, row: dict[str, Any], fetched: bytes | None) -> dict[str, Any]:

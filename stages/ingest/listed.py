@@ -190,6 +190,22 @@ class ListedIngest(Stage):
             settle(i)
         return [v for v, _ in results], [why for _, why in results]
 
+    @staticmethod
+    def with_values(batch: pa.Table, values: list[dict[str, Any]], rejects: list[dict | None], fields: pa.Schema,
+                    media_column: str) -> pa.Table:
+        """each_row's values as the batch's columns (`fields`: what the modality's schema adds;
+        the media column as references when the store made them). Columns the listing brought
+        stay, but for the text and its hash, which loading decodes and normalises."""
+        from schemas import MEDIA_REF
+
+        for f in fields:
+            if f.name in batch.column_names and f.name not in ("text", "content_sha256"):
+                continue
+            column = [v.get(f.name) for v in values]
+            kind = MEDIA_REF if f.name == media_column and any(isinstance(v, dict) for v in column) else f.type
+            batch = ledger.set_column(batch, f.name, pa.array(column, type=kind))
+        return ledger.with_rejects(batch, rejects)
+
     def text(self, row: dict[str, Any]) -> bytes | None:
         """The row's text as it came: inline, or from its sidecar file."""
         raw = row["_caption_raw"]

@@ -25,7 +25,6 @@ from pydantic import Field
 
 from pipeline import ledger, media
 from pipeline.stage import Column, Resources
-from schemas import MEDIA_REF
 from schemas.video_text import PROBE, VIDEO_TEXT
 
 from . import video
@@ -81,13 +80,7 @@ class IngestVideo(ListedIngest):
 
     def process(self, batch: pa.Table) -> pa.Table:
         values, rejects = self.each_row(batch, self._load)
-        for f in VIDEO_TEXT:
-            if f.name in batch.column_names and f.name not in ("text", "content_sha256"):
-                continue
-            column = [v.get(f.name) for v in values]
-            kind = MEDIA_REF if f.name == "video" and any(isinstance(v, dict) for v in column) else f.type
-            batch = ledger.set_column(batch, f.name, pa.array(column, type=kind))
-        return ledger.with_rejects(batch, rejects)
+        return self.with_values(batch, values, rejects, VIDEO_TEXT, "video")
 
     # -- one video ----------------------------------------------------------------------
     def _load(self, row: dict[str, Any], fetched: bytes | None) -> dict[str, Any]:
