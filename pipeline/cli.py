@@ -38,6 +38,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _empty(summary, args.fail_if_empty)
 
 
+def cmd_refresh(args: argparse.Namespace) -> int:
+    from .release import refresh
+
+    refresh(load_job(args.job), args.dataset, ray_address=args.ray_address)
+    return 0
+
+
 def _empty(summary: dict[str, Any], fail: bool) -> int:
     if fail and not summary["kept"]:
         print(f"mmcurate: error: the run kept no sample (--fail-if-empty); see `mmcurate rejects "
@@ -187,6 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "before it must be committed with this job's settings)")
     p.add_argument("--fail-if-empty", action="store_true", help="exit 1 when the run keeps no sample")
     p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("refresh", help="make the next release of a published dataset",
+                       description="Run the job on the inputs DIR has not published yet, deduplicated against "
+                                   "every earlier release, and publish DIR/releases/vNNNN (shards numbered on, "
+                                   "earlier shards by reference) and DIR/latest. The first refresh is a full run.")
+    p.add_argument("job", help="job file ending with shard_webdataset")
+    p.add_argument("--dataset", required=True, metavar="DIR", help="the dataset folder (local or s3://)")
+    p.add_argument("--ray-address", help="join this Ray cluster (default: RAY_ADDRESS, else an embedded Ray)")
+    p.set_defaults(fn=cmd_refresh)
 
     p = sub.add_parser("stage", help="run one stage on a file", description=(
         "Run one registered stage on a parquet/jsonl/csv file (or, for ingest stages, on their source). "

@@ -485,8 +485,9 @@ class RunContext:
 
 class Runner:
     def __init__(self, job: Job, output: str, ray_address: str | None = None, limit: int | None = None,
-                 log=print, until: str | None = None, start: str | None = None):
+                 log=print, until: str | None = None, start: str | None = None, inputs_filter=None):
         self.job, self.limit, self.log = job, limit, log
+        self.inputs_filter = inputs_filter  # listed inputs -> those to process (a refresh skips the published)
         self.run_dir = RunDir(output)
         self.ray_address = ray_address or job.ray.address
         self.segments = plan(job.stages)
@@ -637,6 +638,8 @@ class Runner:
         pending: list[pa.Table] = []
         n_pending = 0
         for batch in stage.list_inputs(limit=self.limit):
+            if self.inputs_filter is not None:
+                batch = self.inputs_filter(batch)
             pending.append(batch)
             n_pending += batch.num_rows
             bar.update(batch.num_rows)

@@ -36,6 +36,8 @@ class ShardWebDatasetParams(Params):
     samples_per_shard: int = Field(10_000, ge=1, description="target samples per shard (img2dataset's default)")
     bytes_per_shard: int = Field(1_000_000_000, ge=1_000_000,
                                  description="target media bytes per shard (100 MB - 1 GB is common)")
+    first_shard: int = Field(0, ge=0, le=999_999, description="the first shard's number (a refresh continues the "
+                                                               "numbering of the release before)")
     leave_out: list[str] = Field(default_factory=list, description="columns written neither as members nor into "
                                                                    "the .json (intermediates, such as "
                                                                    "code_without_docs)")
@@ -161,8 +163,8 @@ class _ShardWriter:
     """Reduce side of the wide shuffle: the rows of one shard, in hash order, written as
     <tmp>/<name>-NNNNNN.tar plus its parquet index (None for no rows)."""
 
-    def __init__(self, tmp_dir: str, name: str, columns: dict[str, Column], leave_out: list[str]):
-        self.tmp_dir, self.name, self.columns, self.leave_out = tmp_dir, name, columns, leave_out
+    def __init__(self, tmp_dir: str, name: str, columns: dict[str, Column], leave_out: list[str], first: int = 0):
+        self.tmp_dir, self.name, self.columns, self.leave_out, self.first = tmp_dir, name, columns, leave_out, first
 
     def _extension(self, column: str, row: dict[str, Any]) -> str:
         fmt = self.columns[column].format
@@ -173,6 +175,7 @@ class _ShardWriter:
             return None
         group = group.take(pa.array(np.argsort(order_key(group.column("sample_id")), kind="stable")))
         group = group.drop_columns([c for c in (SHARD, PART, *self.leave_out) if c in group.column_names])
+        shard += self.first
         base = fs.join(self.tmp_dir, f"{self.name}-{shard:06d}")
         media_cols, texts, embeddings, scalars = members(group.schema, self.columns)
         filesystem, path = fs.resolve(base + ".tar")
@@ -247,7 +250,8 @@ class ShardWebDataset(Stage):
                                     _Ranker(first_rank, per_shard), fetch=False, columns=["sample_id"],
                                     tag_first=len(ctx.parts))
             rows = apply_by_part(ctx.parts, ranked, lambda t: t, fetch=False)
-            writer = _ShardWriter(tmp, self.params.name, ctx.columns, self.params.leave_out)
+            writer = _ShardWriter(tmp, self.params.name, ctx.columns, self.params.leave_out,
+                                  self.params.first_shard)
             written = [w for w in hash_partition(rows, n_shards, lambda t: t.column(SHARD).to_numpy(), writer)
                        if w is not None]
         shards = []

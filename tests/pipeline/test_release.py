@@ -1,0 +1,122 @@
+"""`mmcurate refresh`: releases of a growing dataset. Only new inputs are read, duplicates of
+earlier releases are removed against their persisted indexes, shards are numbered on and
+earlier ones never change, and a refresh that dies before publishing leaves every release
+and `latest` as they were."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import fs, ledger, release
+from pipeline.job import parse_job
+from pipeline.lock import RunLock, RunLocked
+
+
+def _image(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "PNG")
+    return out.getvalue()
+
+
+def _add(folder, name: str, data: bytes, caption: str) -> None:
+    (folder / f"{name}.png").write_bytes(data)
+    (folder / f"{name}.txt").write_text(caption)
+
+
+def _job(folder) -> object:
+    return parse_job({"name": "grow", "stages": [
+        {"ingest_image_text": {"source": str(folder), "image_size": 32}},
+        {"dedup_exact": {"key": "content"}},
+        {"shard_webdataset": {"name": "grow", "samples_per_shard": 4}}]})
+
+
+def _sha(path: str) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def _refresh(folder, dataset):
+    return release.refresh(_job(folder), str(dataset), log=lambda *a: None)
+
+
+def test_three_releases_grow_and_old_shards_stay(ray_session, tmp_path):
+    inputs, dataset = tmp_path / "inputs", tmp_path / "dataset"
+    inputs.mkdir()
+    for i in range(8):
+        _add(inputs, f"a{i}", _image(i), f"a picture number {i}")
+    first = _refresh(inputs, dataset)
+    assert first["version"] == "v0001" and first["samples"] == 8 and release.latest(str(dataset)) == "v0001"
+    assert first["shards"] == ["shards/grow-000000.tar", "shards/grow-000001.tar"]
+    old = {s: _sha(os.path.join(dataset, s)) for s in first["shards"]}
+
+    # release 2: two new pictures and two byte copies of published ones under new names
+    for i in (8, 9):
+        _add(inputs, f"b{i}", _image(i), f"a new picture {i}")
+    _add(inputs, "copy-of-a1", _image(1), "the same picture again")
+    _add(inputs, "copy-of-a2", _image(2), "and another copy")
+    second = _refresh(inputs, dataset)
+    diff = second["diff"]
+    assert (diff["inputs_skipped"], diff["inputs_new"], diff["samples_added"]) == (8, 4, 2)
+    assert diff["shards_added"] == ["shards/grow-000002.tar"] and second["samples"] == 10
+    work = os.path.join(dataset, "work", "v0002")
+    assert ledger.audit(work)["ok"]
+    dupes = fs.read_parquet_dir(os.path.join(work, "rejects", "02-dedup_exact"), ["source_uri", "reject_reason"])
+    assert sorted(os.path.basename(u) for u in dupes.column("source_uri").to_pylist()) == ["copy-of-a1.png",
+                                                                                         "copy-of-a2.png"]
+    manifest = json.load(open(os.path.join(dataset, "releases", "v0002", "manifest.json")))
+    assert [s["name"] for s in manifest["shards"]] == first["shards"] + ["shards/grow-000002.tar"]
+    assert {s: _sha(os.path.join(dataset, s)) for s in first["shards"]} == old  # byte-identical
+    for entry in manifest["shards"]:  # the manifest tells the truth about every file it lists
+        assert _sha(os.path.join(dataset, entry["name"])) == entry["sha256"]
+
+    # release 3: nothing new: nothing read, nothing added; every release stays readable
+    third = _refresh(inputs, dataset)
+    assert third["diff"]["inputs_skipped"] == 12 and third["diff"]["samples_added"] == 0
+    assert release.shard_urls(f"{dataset}@v0001") == [os.path.join(dataset, s) for s in first["shards"]]
+    assert len(release.shard_urls(str(dataset))) == 3 and release.latest(str(dataset)) == "v0003"
+    samples = fs.read_parquet(os.path.join(dataset, "releases", "v0003", "samples.parquet"))
+    assert samples.num_rows == 10 and len(set(samples.column("sample_id").to_pylist())) == 10
+
+
+def test_a_refresh_that_dies_before_publishing_changes_nothing(ray_session, tmp_path, monkeypatch):
+    inputs, dataset = tmp_path / "inputs", tmp_path / "dataset"
+    inputs.mkdir()
+    for i in range(5):
+        _add(inputs, f"a{i}", _image(100 + i), f"picture {i}")
+    _refresh(inputs, dataset)
+    before = sorted(os.listdir(dataset / "releases"))
+    for i in range(5, 9):
+        _add(inputs, f"a{i}", _image(100 + i), f"picture {i}")
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt("killed while publishing")
+
+    monkeypatch.setattr(release, "_copy_tree", killed)  # after the shards are copied, before the release
+    with pytest.raises(KeyboardInterrupt):
+        _refresh(inputs, dataset)
+    assert release.latest(str(dataset)) == "v0001" and sorted(os.listdir(dataset / "releases")) == before
+    monkeypatch.undo()
+    second = _refresh(inputs, dataset)  # the rerun finishes the same release, from the same work
+    assert second["version"] == "v0002" and second["diff"]["samples_added"] == 4 and second["samples"] == 9
+    assert release.latest(str(dataset)) == "v0002"
+
+
+def test_one_refresh_at_a_time_and_a_job_must_publish_shards(ray_session, tmp_path):
+    inputs, dataset = tmp_path / "inputs", tmp_path / "dataset"
+    inputs.mkdir()
+    _add(inputs, "a", _image(7), "one")
+    os.makedirs(dataset)
+    with RunLock(str(dataset)):
+        with pytest.raises(RunLocked):
+            _refresh(inputs, dataset)
+    no_shards = parse_job({"name": "x", "stages": [{"ingest_image_text": {"source": str(inputs)}}]})
+    with pytest.raises(Exception, match="must end with shard_webdataset"):
+        release.refresh(no_shards, str(dataset), log=lambda *a: None)
+    shutil.rmtree(dataset)
