@@ -45,6 +45,23 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lines(path: str | None) -> list[str]:
+    if not path:
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+
+
+def cmd_takedown(args: argparse.Namespace) -> int:
+    from .release import record_takedown
+
+    entry = record_takedown(args.dataset, _lines(args.ids), _lines(args.sources), _lines(args.content),
+                            purge=args.purge)
+    if args.purge:
+        print(json.dumps({"purged": entry["purged"]}, indent=1))
+    return 0
+
+
 def _empty(summary: dict[str, Any], fail: bool) -> int:
     if fail and not summary["kept"]:
         print(f"mmcurate: error: the run kept no sample (--fail-if-empty); see `mmcurate rejects "
@@ -203,6 +220,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, metavar="DIR", help="the dataset folder (local or s3://)")
     p.add_argument("--ray-address", help="join this Ray cluster (default: RAY_ADDRESS, else an embedded Ray)")
     p.set_defaults(fn=cmd_refresh)
+
+    p = sub.add_parser("takedown", help="take samples out of a published dataset, for good",
+                       description="Record a takedown: the next refresh leaves the samples it covers out (new "
+                                   "shards replace only the shards that held them) and they never return, nor "
+                                   "their exact or near copies. FILEs hold one value per line.")
+    p.add_argument("dataset", metavar="DIR")
+    p.add_argument("--ids", metavar="FILE", help="sample ids")
+    p.add_argument("--sources", metavar="FILE", help="source URIs or URLs (a trailing / covers all under it; a bare "
+                                                     "domain covers its URLs: opt-out lists)")
+    p.add_argument("--content", metavar="FILE", help="content hashes (content_sha256)")
+    p.add_argument("--purge", action="store_true", help="also rewrite the earlier releases' affected shards and "
+                                                        "manifests now, and list what changed")
+    p.set_defaults(fn=cmd_takedown)
 
     p = sub.add_parser("stage", help="run one stage on a file", description=(
         "Run one registered stage on a parquet/jsonl/csv file (or, for ingest stages, on their source). "

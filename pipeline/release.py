@@ -20,6 +20,17 @@ folder written under a temporary name and renamed, `latest` replaced last. Kille
 any point, it leaves `latest` and every release as they were; the rerun resumes the
 same work directory (its segments are fingerprinted) and publishes the same release.
 The dataset is held by the run lock: a second refresh at once is refused.
+
+Takedowns (`mmcurate takedown DIR --ids/--sources/--content FILE`) are recorded in
+DIR/takedowns.jsonl and stay: every later refresh rejects listed inputs they name
+(`taken_down`, so the audit still balances) and leaves the samples they cover out of
+its release, writing new shards in place of only the shards that held them. Their
+entries stay in the dedup indexes, so exact and near copies of taken-down content
+offered again are removed as duplicates. Earlier releases keep their files unless
+`--purge`, which rewrites the affected shards in place (same names) and every
+release's manifest and sample index, and lists what it changed. A source entry matches
+that URI and everything from it (`uri#child`), one ending in `/` every URI under it, and
+a bare domain (`example.com`) every http(s) URL of that host or its subdomains.
 """
 from __future__ import annotations
 
@@ -129,24 +140,190 @@ def refresh(job: Job, dataset: str, ray_address: str | None = None, log=print) -
         sink = _sink(job)
         known = _table(dataset, before, "inputs.parquet")
         published = set(known.column("input_key").to_pylist()) if known is not None else set()
+        taken = takedowns(dataset)
         skipped = [0]
 
         def new_inputs(batch: pa.Table) -> pa.Table:
+            import schemas
+
+            from . import ledger
+
             rows = batch.to_pylist()
             keep = [input_key(r) not in published or r.get("reject") is not None for r in rows]
             skipped[0] += keep.count(False)
-            return batch.filter(pa.array(keep, pa.bool_()))
+            batch = ledger.ensure_reject_column(batch.filter(pa.array(keep, pa.bool_())))
+            if taken:  # a taken-down input never comes back: rejected, so the audit still counts it
+                rejects = [r["reject"] if r.get("reject") or not taken.sample(r.get("sample_id"), r.get("source_uri"),
+                                                                                None)
+                           else ledger.reject("taken_down", f"{r.get('source_uri')}: named by a takedown")
+                           for r in batch.to_pylist()]
+                batch = ledger.set_column(batch, "reject", pa.array(rejects, schemas.REJECT))
+            return batch
 
         work = fs.join(dataset, "work", name)
         prepare(job, dataset, earlier, prior["next_shard"])
         log(f"[mmcurate] {dataset}: making release {name} in {work}"
             + (f" (after {before}: {len(published)} inputs published)" if before else " (the first: a full run)"))
         summary = Runner(job, work, ray_address=ray_address, log=log, inputs_filter=new_inputs).run()
-        info = publish(job, dataset, name, before, work, summary, skipped[0], sink)
+        info = publish(job, dataset, name, before, work, summary, skipped[0], sink, taken)
         log(f"[mmcurate] {dataset}: published {name}: {info['diff']['samples_added']} samples added in "
             f"{len(info['diff']['shards_added'])} shards, {info['diff']['inputs_skipped']} published inputs skipped; "
             f"{info['samples']} samples in {len(info['shards'])} shards")
         return info
+
+
+SAMPLE_COLUMNS = [("sample_id", pa.string()), ("shard", pa.string()), ("release", pa.string()),
+                  ("source_uri", pa.string()), ("content_sha256", pa.string())]
+
+
+def _sample_rows(dataset: str | None, shard: str, name: str) -> pa.Table:
+    """samples.parquet's rows for one shard: key, shard, release, source and content hash."""
+    if dataset is None:
+        return pa.schema(SAMPLE_COLUMNS).empty_table()
+    index = fs.read_parquet(fs.join(dataset, shard[:-len(".tar")] + ".parquet"))
+    n = index.num_rows
+    column = lambda c: index.column(c).cast(pa.string()) if c in index.column_names else pa.nulls(n, pa.string())  # noqa: E731
+    return pa.table({"sample_id": index.column("__key__"), "shard": pa.array([shard] * n, pa.string()),
+                     "release": pa.array([name] * n, pa.string()), "source_uri": column("source_uri"),
+                     "content_sha256": column("content_sha256")})
+
+
+TAKEDOWNS = "takedowns.jsonl"
+
+
+class Takedowns:
+    """Every takedown recorded for a dataset, as one matcher."""
+
+    def __init__(self, records: list[dict[str, Any]]):
+        self.ids = {i for r in records for i in r.get("ids", [])}
+        self.content = {c.lower() for r in records for c in r.get("content", [])}
+        sources = [x for r in records for x in r.get("sources", [])]
+        self.domains = {x.lower().strip(".") for x in sources if "/" not in x and ":" not in x}
+        self.prefixes = tuple(x for x in sources if x.endswith("/") and x.lower() not in self.domains)
+        self.exact = {x for x in sources if x.lower() not in self.domains and not x.endswith("/")}
+
+    def __bool__(self) -> bool:
+        return bool(self.ids or self.content or self.domains or self.prefixes or self.exact)
+
+    def source(self, uri: str | None) -> bool:
+        if not uri:
+            return False
+        base = uri.split("#", 1)[0]
+        if base in self.exact or uri in self.exact or base.startswith(self.prefixes or ("\0",)):
+            return True
+        if self.domains and base.lower().startswith(("http://", "https://")):
+            host = base.split("/", 3)[2].rsplit("@", 1)[-1].split(":", 1)[0].lower()
+            return any(host == d or host.endswith("." + d) for d in self.domains)
+        return False
+
+    def sample(self, sample_id: str | None, uri: str | None, content: str | None) -> bool:
+        return sample_id in self.ids or self.source(uri) or (content or "").lower() in self.content
+
+
+def takedowns(dataset: str) -> Takedowns:
+    path = fs.join(dataset, TAKEDOWNS)
+    lines = fs.read_bytes(path).decode().splitlines() if fs.exists(path) else []
+    return Takedowns([json.loads(line) for line in lines if line.strip()])
+
+
+def record_takedown(dataset: str, ids: list[str] = (), sources: list[str] = (), content: list[str] = (),
+                    purge: bool = False, log=print) -> dict[str, Any]:
+    """Record a takedown (it applies at the next refresh); with purge, also rewrite every
+    published release now. Returns the record, with what a purge changed."""
+    from datetime import datetime, timezone
+
+    entry = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "ids": sorted(set(ids)),
+             "sources": sorted(set(sources)), "content": sorted(set(content)), "purge": purge}
+    if not (entry["ids"] or entry["sources"] or entry["content"]):
+        raise ValueError("a takedown names sample ids, sources or content hashes")
+    fs.makedirs(dataset)
+    with RunLock(dataset):
+        path = fs.join(dataset, TAKEDOWNS)
+        old = fs.read_bytes(path) if fs.exists(path) else b""
+        fs.write_bytes(path, old + (json.dumps(entry) + "\n").encode())
+        log(f"[mmcurate] {dataset}: takedown recorded ({len(entry['ids'])} ids, {len(entry['sources'])} sources, "
+            f"{len(entry['content'])} content hashes); the next refresh enacts it")
+        if purge:
+            entry["purged"] = purge_releases(dataset, takedowns(dataset), log)
+    return entry
+
+
+def _rewrite_shard(dataset: str, old: str, new: str, removed: set[str]) -> dict[str, Any] | None:
+    """Shard `old` without the samples in `removed`, written as `new` (tar, index, stats);
+    its manifest entry, or None when nothing is left (then nothing is written)."""
+    import io
+    import tarfile
+
+    stem_old, stem_new = old[:-len(".tar")], new[:-len(".tar")]
+    index = fs.read_parquet(fs.join(dataset, stem_old + ".parquet"))
+    keep = pa.array([k not in removed for k in index.column("__key__").to_pylist()], pa.bool_())
+    index = index.filter(keep)
+    if not index.num_rows:
+        return None
+    out, members = io.BytesIO(), {}
+    with tarfile.open(fileobj=io.BytesIO(fs.read_bytes(fs.join(dataset, old)))) as src, \
+            tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as dst:
+        for member in src:
+            key, _, ext = member.name.partition(".")
+            if member.isfile() and key not in removed:
+                dst.addfile(member, src.extractfile(member))
+                members[ext] = members.get(ext, 0) + 1
+    data = out.getvalue()
+    entry = {"name": new, "samples": index.num_rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    fs.write_parquet(fs.join(dataset, stem_new + ".parquet"), index)
+    fs.write_bytes(fs.join(dataset, stem_new + "_stats.json"), json.dumps(
+        {**entry, "name": new.rsplit("/", 1)[-1], "first_key": index.column("__key__")[0].as_py(), "members": members,
+         "index": stem_new.rsplit("/", 1)[-1] + ".parquet"}, indent=1).encode())
+    fs.write_bytes(fs.join(dataset, new), data)  # the tar last: its index and stats are there before it
+    return entry
+
+
+def purge_releases(dataset: str, taken: Takedowns, log=print) -> list[dict[str, Any]]:
+    """Every published release without what `taken` covers: affected shards rewritten in
+    place, manifests and sample indexes updated. Returns what changed, shard by shard."""
+    names = sorted(d.path.rstrip("/").rsplit("/", 1)[-1] for d in _release_dirs(dataset))
+    samples = {n: _table(dataset, n, "samples.parquet") for n in names}
+    hit = {}
+    for n, table in samples.items():
+        for sid, shard, uri, content in zip(*(table.column(c).to_pylist() for c in
+                                             ("sample_id", "shard", "source_uri", "content_sha256"))):
+            if taken.sample(sid, uri, content):
+                hit.setdefault(shard, set()).add(sid)
+    changed, entries = [], {}
+    for shard, removed in sorted(hit.items()):
+        entries[shard] = _rewrite_shard(dataset, shard, shard, removed)
+        if entries[shard] is None:
+            for suffix in (".tar", ".parquet", "_stats.json"):
+                fs.delete(fs.join(dataset, shard[:-len(".tar")] + suffix))
+        changed.append({"shard": shard, "removed": sorted(removed), "left": entries[shard] and entries[shard]["samples"]})
+        log(f"[mmcurate] purge: {shard}: {len(removed)} samples removed"
+            + (", shard deleted" if entries[shard] is None else ""))
+    gone = {sid for removed in hit.values() for sid in removed}
+    for n in names:
+        path = fs.join(dataset, "releases", n, "manifest.json")
+        manifest = json.loads(fs.read_bytes(path))
+        manifest["shards"] = [entries.get(s["name"], s) if s["name"] in entries else s for s in manifest["shards"]]
+        manifest["shards"] = [s for s in manifest["shards"] if s is not None]
+        table = samples[n]
+        fs.write_parquet(fs.join(dataset, "releases", n, "samples.parquet"), table.filter(
+            pa.array([sid not in gone for sid in table.column("sample_id").to_pylist()], pa.bool_())))
+        fs.write_bytes(path, json.dumps(manifest, indent=1).encode())
+    return changed
+
+
+def _release_dirs(dataset: str) -> list:
+    fsys, path = fs.resolve(fs.join(dataset, "releases"))
+    import pyarrow.fs as pafs
+
+    if fsys.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    return [i for i in fsys.get_file_info(pafs.FileSelector(path)) if i.type == pafs.FileType.Directory
+            and VERSION.match(i.path.rstrip("/").rsplit("/", 1)[-1])]
+
+
+def _number(shard: str) -> int:
+    """A shard's number: `shards/name-000012.tar` -> 12."""
+    return int(shard.rsplit("-", 1)[1][:-len(".tar")])
 
 
 def _copy_tree(src: str, dst: str) -> None:
@@ -157,7 +334,7 @@ def _copy_tree(src: str, dst: str) -> None:
 
 
 def publish(job: Job, dataset: str, name: str, before: str | None, work: str, summary: dict[str, Any],
-            skipped: int, sink) -> dict[str, Any]:
+            skipped: int, sink, taken: Takedowns) -> dict[str, Any]:
     """Copy the new shards and indexes in, write the release, then move `latest`."""
     from .rundir import RunDir
 
@@ -188,12 +365,30 @@ def publish(job: Job, dataset: str, name: str, before: str | None, work: str, su
     shards = prior["shards"] + new
     samples = [_table(dataset, before, "samples.parquet")] if before else []
     for shard in new:
-        keys = fs.read_parquet(fs.join(dataset, shard["name"][:-len(".tar")] + ".parquet")).column("__key__")
-        samples.append(pa.table({"sample_id": keys, "shard": pa.array([shard["name"]] * len(keys), pa.string()),
-                                 "release": pa.array([name] * len(keys), pa.string())}))
-    samples_table = pa.concat_tables([t for t in samples if t is not None]) if samples else pa.table(
-        {"sample_id": pa.array([], pa.string()), "shard": pa.array([], pa.string()),
-         "release": pa.array([], pa.string())})
+        samples.append(_sample_rows(dataset, shard["name"], name))
+    samples_table = pa.concat_tables([t for t in samples if t is not None]) if samples else _sample_rows(None, "", name)
+    # takedowns: the samples they cover leave; only the shards that held them are written anew
+    removed: dict[str, set[str]] = {}
+    if taken:
+        for sid, shard, uri, content in zip(*(samples_table.column(c).to_pylist() for c in
+                                             ("sample_id", "shard", "source_uri", "content_sha256"))):
+            if taken.sample(sid, uri, content):
+                removed.setdefault(shard, set()).add(sid)
+    number = max([_number(s["name"]) for s in shards], default=-1) + 1
+    replaced = {}
+    for shard, gone in sorted(removed.items()):
+        fresh = f"shards/{sink.params.name}-{number:06d}.tar"
+        replaced[shard] = _rewrite_shard(dataset, shard, fresh, gone)
+        number += replaced[shard] is not None
+    if replaced:
+        shards = [replaced.get(s["name"], s) for s in shards]
+        shards = [s for s in shards if s is not None]
+        gone_ids = {sid for gone in removed.values() for sid in gone}
+        moved = {s: e["name"] for s, e in replaced.items() if e is not None}
+        samples_table = samples_table.filter(pa.array([sid not in gone_ids for sid in
+                                                       samples_table.column("sample_id").to_pylist()], pa.bool_()))
+        samples_table = samples_table.set_column(1, "shard", pa.array(
+            [moved.get(s, s) for s in samples_table.column("shard").to_pylist()], pa.string()))
     listed = fs.read_parquet_dir(rd.segment_dir("00-listing"))
     keys = [input_key(r) for r in listed.to_pylist()] if listed is not None else []
     inputs = pa.table({"source_uri": listed.column("source_uri") if listed is not None else pa.array([], pa.string()),
@@ -202,10 +397,10 @@ def publish(job: Job, dataset: str, name: str, before: str | None, work: str, su
     old_inputs = _table(dataset, before, "inputs.parquet")
     inputs = pa.concat_tables([old_inputs, inputs]) if old_inputs is not None else inputs
     diff = {"inputs_new": len(keys), "inputs_skipped": skipped, "samples_added": sum(s["samples"] for s in new),
-            "shards_added": [s["name"] for s in new], "samples_removed": 0,
+            "shards_added": [s["name"] for s in new], "samples_removed": sum(len(g) for g in removed.values()),
+            "shards_replaced": {old: (e and e["name"]) for old, e in replaced.items()},
             "rejected": {seg["segment"]: seg.get("rejected", {}) for seg in summary.get("segments", [])}}
-    last = max([int(s["name"].rsplit("-", 1)[1][:-4]) for s in shards if s["name"].startswith(
-        f"shards/{sink.params.name}-")], default=-1)
+    last = max([_number(s["name"]) for s in shards] + [number - 1], default=-1)
     info = {"version": name, "mmcurate": __version__, "previous": before, "samples": samples_table.num_rows,
             "shards": [s["name"] for s in shards], "next_shard": last + 1, "diff": diff}
     tmp = fs.join(dataset, "releases", f".tmp-{name}")

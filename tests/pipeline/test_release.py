@@ -120,3 +120,84 @@ def test_one_refresh_at_a_time_and_a_job_must_publish_shards(ray_session, tmp_pa
     with pytest.raises(Exception, match="must end with shard_webdataset"):
         release.refresh(no_shards, str(dataset), log=lambda *a: None)
     shutil.rmtree(dataset)
+
+
+def _members(path: str) -> set[str]:
+    import tarfile
+
+    with tarfile.open(path) as tf:
+        return {m.name.split(".", 1)[0] for m in tf.getmembers()}
+
+
+def test_takedowns_leave_and_never_come_back(ray_session, tmp_path):
+    from pipeline import cli
+    from tests.shards import check_shards
+
+    inputs, dataset = tmp_path / "inputs", tmp_path / "dataset"
+    inputs.mkdir()
+    for i in range(8):
+        _add(inputs, f"a{i}", _image(200 + i), f"picture {i}")
+    first = _refresh(inputs, dataset)
+    samples = fs.read_parquet(os.path.join(dataset, "releases", "v0001", "samples.parquet")).to_pylist()
+    by_source = {os.path.basename(r["source_uri"]): r for r in samples}
+    target = by_source["a3.png"]
+    (tmp_path / "ids.txt").write_text(f"# a complaint\n{by_source['a5.png']['sample_id']}\n")
+    (tmp_path / "sources.txt").write_text(target["source_uri"] + "\n")
+    assert cli.main(["takedown", str(dataset), "--ids", str(tmp_path / "ids.txt"),
+                     "--sources", str(tmp_path / "sources.txt")]) == 0
+    # the source offers a3 again, and a copy of a5 comes under a new name, with one new picture
+    _add(inputs, "a3", _image(203), "picture 3, re-captioned")
+    _add(inputs, "copy-of-a5", _image(205), "a copy")
+    _add(inputs, "new", _image(299), "a new one")
+    second = _refresh(inputs, dataset)
+    gone = {target["sample_id"], by_source["a5.png"]["sample_id"]}
+    published = fs.read_parquet(os.path.join(dataset, "releases", "v0002", "samples.parquet"))
+    assert not gone & set(published.column("sample_id").to_pylist()) and published.num_rows == 8 - 2 + 1
+    assert second["diff"]["samples_removed"] == 2 and second["diff"]["samples_added"] == 1
+    for shard in release.shard_urls(str(dataset)):
+        assert not gone & _members(shard)
+    kept_old = [s for s in first["shards"] if s in second["shards"]]
+    replaced = second["diff"]["shards_replaced"]
+    assert set(replaced) | set(kept_old) == set(first["shards"])  # only the shards that held them were replaced
+    assert all(_members(os.path.join(dataset, s)) & gone for s in replaced)
+    work = os.path.join(dataset, "work", "v0002")
+    assert ledger.audit(work)["ok"]
+    reasons = {os.path.basename(r["source_uri"]): r["reject_reason"] for d in os.listdir(os.path.join(work, "rejects"))
+               for r in (fs.read_parquet_dir(os.path.join(work, "rejects", d), ["source_uri", "reject_reason"])
+                         or pa_empty()).to_pylist()}
+    assert reasons == {"a3.png": "taken_down", "copy-of-a5.png": "duplicate"}
+    # v0001 keeps its files without --purge
+    assert _members(os.path.join(dataset, first["shards"][0])) | _members(os.path.join(dataset, first["shards"][1])) \
+        >= gone
+    # the shared checker on the release's shards, staged under contiguous names (a release after a
+    # takedown skips the numbers it replaced: it is read through its manifest, not a brace pattern)
+    staged = tmp_path / "staged"
+    os.makedirs(staged)
+    manifest = json.load(open(os.path.join(dataset, "releases", "v0002", "manifest.json")))
+    for i, entry in enumerate(manifest["shards"]):
+        shutil.copy(os.path.join(dataset, entry["name"]), staged / f"release-{i:06d}.tar")
+        entry["name"] = f"release-{i:06d}.tar"
+    (staged / "manifest.json").write_text(json.dumps(manifest))
+    check_shards(str(staged))
+
+    # a third refresh: still gone; --purge then rewrites v0001 too and says what changed
+    third = _refresh(inputs, dataset)
+    assert third["diff"]["samples_removed"] == 0 and third["samples"] == 7
+    (tmp_path / "content.txt").write_text(by_source["a0.png"]["content_sha256"] + "\n")
+    entry = release.record_takedown(str(dataset), content=[by_source["a0.png"]["content_sha256"]], purge=True,
+                                    log=lambda *a: None)
+    purged = {sid for change in entry["purged"] for sid in change["removed"]}
+    assert purged == gone | {by_source["a0.png"]["sample_id"]}  # v0001 loses the earlier takedowns too
+    for name in ("v0001", "v0002", "v0003"):
+        urls = release.shard_urls(f"{dataset}@{name}")
+        held = set().union(*(_members(u) for u in urls))
+        assert not (gone | {by_source["a0.png"]["sample_id"]}) & held
+        manifest = json.load(open(os.path.join(dataset, "releases", name, "manifest.json")))
+        for entry in manifest["shards"]:
+            assert _sha(os.path.join(dataset, entry["name"])) == entry["sha256"]
+
+
+def pa_empty():
+    import pyarrow as pa
+
+    return pa.table({"source_uri": pa.array([], pa.string()), "reject_reason": pa.array([], pa.string())})
