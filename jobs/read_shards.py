@@ -1,6 +1,9 @@
-"""Read a shard directory back the way a trainer would, and print what is in it.
+"""Read a shard directory, or a release of a published dataset, back the way a trainer
+would, and print what is in it.
 
     python -m jobs.read_shards runs/demo/shards
+    python -m jobs.read_shards datasets/photos          # its latest release
+    python -m jobs.read_shards datasets/photos@v0002    # that release
 """
 from __future__ import annotations
 
@@ -13,14 +16,23 @@ import sys
 def main(shard_dir: str) -> int:
     import webdataset as wds
 
-    manifest = json.load(open(os.path.join(shard_dir, "manifest.json")))
-    names = [s["name"] for s in manifest["shards"]]
+    from pipeline import release
+
+    if release.is_dataset(shard_dir):  # a release lists its shards (numbers may skip replaced ones)
+        dataset, name = release.resolve(shard_dir)
+        manifest = json.load(open(os.path.join(dataset, "releases", name, "manifest.json")))
+        pattern = release.shard_urls(shard_dir)
+        names = pattern
+    else:
+        manifest = json.load(open(os.path.join(shard_dir, "manifest.json")))
+        names = [s["name"] for s in manifest["shards"]]
     if not names:
         print(f"{shard_dir}: manifest lists no shards")
         return 1
-    prefix = names[0].rsplit("-", 1)[0]
-    first, last = names[0].rsplit("-", 1)[1][:-4], names[-1].rsplit("-", 1)[1][:-4]
-    pattern = os.path.join(shard_dir, f"{prefix}-{{{first}..{last}}}.tar")
+    if not release.is_dataset(shard_dir):
+        prefix = names[0].rsplit("-", 1)[0]
+        first, last = names[0].rsplit("-", 1)[1][:-4], names[-1].rsplit("-", 1)[1][:-4]
+        pattern = os.path.join(shard_dir, f"{prefix}-{{{first}..{last}}}.tar")
     members: collections.Counter = collections.Counter()
     n = 0
     for sample in wds.WebDataset(pattern, shardshuffle=False, empty_check=False):
@@ -48,7 +60,8 @@ def main(shard_dir: str) -> int:
             else:
                 what = f"{meta.get('width')}x{meta.get('height')} {meta.get('image_format')}"
             print(f"first sample {sample['__key__']}: text {sample.get('txt', b'').decode()!r}, {what}")
-    print(f"webdataset read {n} samples from {pattern} (manifest v{manifest['version']}: "
+    where = pattern if isinstance(pattern, str) else f"{shard_dir} ({len(pattern)} shards)"
+    print(f"webdataset read {n} samples from {where} (manifest v{manifest['version']}: "
           f"{sum(s['samples'] for s in manifest['shards'])} in {len(names)} shards); members {dict(members)}")
     return 0 if n == sum(s["samples"] for s in manifest["shards"]) else 1
 

@@ -85,10 +85,16 @@ class TrainConfig:
 
 # -- data -----------------------------------------------------------------------------------
 def expand(pattern: str | list[str]) -> list[str]:
+    """Shard URLs from brace patterns, globs, or a published dataset (`DIR`: its latest
+    release; `DIR@v0003`: that one), whose manifest lists its shards."""
     import braceexpand
+
+    from pipeline import release
 
     if isinstance(pattern, list):
         return [u for p in pattern for u in expand(p)]
+    if release.is_dataset(pattern):
+        return release.shard_urls(pattern)
     urls = []
     for u in braceexpand.braceexpand(pattern):
         urls += sorted(glob.glob(u)) if "://" not in u and any(c in u for c in "*?[") else [u]

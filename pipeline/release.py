@@ -76,6 +76,14 @@ def resolve(spec: str) -> tuple[str, str]:
     return dataset, name
 
 
+def is_dataset(spec: str) -> bool:
+    """A published dataset (`DIR` with releases, or `DIR@v0003`) rather than a shard pattern."""
+    if any(c in spec for c in "{}*?["):
+        return False
+    base = spec.rsplit("@", 1)[0] if VERSION.match(spec.rsplit("@", 1)[-1]) else spec
+    return fs.exists(fs.join(base, "latest")) or fs.exists(fs.join(base, "releases"))
+
+
 def shard_urls(spec: str) -> list[str]:
     """Every shard file of a release, as paths or URLs a reader opens."""
     dataset, name = resolve(spec)

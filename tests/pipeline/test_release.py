@@ -84,6 +84,16 @@ def test_three_releases_grow_and_old_shards_stay(ray_session, tmp_path):
     samples = fs.read_parquet(os.path.join(dataset, "releases", "v0003", "samples.parquet"))
     assert samples.num_rows == 10 and len(set(samples.column("sample_id").to_pylist())) == 10
 
+    # readers take the dataset (its latest release) or one release
+    from jobs import read_shards
+    from jobs.train import expand
+
+    assert read_shards.main(str(dataset)) == 0 and read_shards.main(f"{dataset}@v0001") == 0
+    assert expand(f"{dataset}@v0001") == [os.path.join(dataset, s) for s in first["shards"]]
+    assert len(expand(str(dataset))) == 3
+    with pytest.raises(ValueError, match="no release 'v0009'"):
+        expand(f"{dataset}@v0009")
+
 
 def test_a_refresh_that_dies_before_publishing_changes_nothing(ray_session, tmp_path, monkeypatch):
     inputs, dataset = tmp_path / "inputs", tmp_path / "dataset"
