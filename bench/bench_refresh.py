@@ -1,0 +1,99 @@
+"""A refresh that adds 10% new inputs against a full run of everything, in the same run.
+
+    .venv/bin/python bench/bench_refresh.py [--images 2000] [--cpus 2]
+
+Inputs are generated pictures (64x64 PNG, distinct noise) with sidecar captions, one in
+ten of the new ones a byte copy of a published picture. The job ingests, deduplicates
+exactly (content) and by perceptual hash (`--near none`: exactly only), and shards. Measured, each on a fresh dataset
+folder and a warm embedded Ray:
+1. the full run: `mmcurate refresh` on an empty dataset with all N * 1.1 inputs;
+2. the refresh: release 1 made from N inputs first (not timed), then the N * 0.1 new
+   ones added and `mmcurate refresh` timed (it lists every input, reads only the new).
+Goal (issue 17): the refresh takes at most 25% of the full run's time.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+JOB = """name: bench-refresh
+stages:
+  - ingest_image_text: {{source: {source}, image_size: 64}}
+  - dedup_exact: {{key: content}}
+{near}  - shard_webdataset: {{name: pics, samples_per_shard: 1000}}
+"""
+
+
+def picture(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "PNG")
+    return out.getvalue()
+
+
+def add(folder: str, first: int, count: int, copies_of: int = 0) -> None:
+    os.makedirs(folder, exist_ok=True)
+    for i in range(first, first + count):
+        seed = (i % copies_of) if copies_of and i % 10 == 0 else i  # one in ten: a published picture again
+        with open(os.path.join(folder, f"p{i:07d}.png"), "wb") as f:
+            f.write(picture(seed))
+        with open(os.path.join(folder, f"p{i:07d}.txt"), "w") as f:
+            f.write(f"generated picture number {i}")
+
+
+def timed_refresh(job_path: str, dataset: str) -> float:
+    from pipeline.job import load_job
+    from pipeline.release import refresh
+
+    t0 = time.perf_counter()
+    refresh(load_job(job_path), dataset, log=lambda *a: None)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("--cpus", type=int, default=2)
+    ap.add_argument("--near", choices=["phash", "none"], default="phash", help="with dedup_phash, or exact only")
+    a = ap.parse_args()
+    import ray
+
+    from pipeline.runner import connect_ray
+
+    data = os.path.join(HERE, "_data", "refresh")
+    shutil.rmtree(data, ignore_errors=True)
+    n, new = a.images, a.images // 10
+    full_inputs, growing = os.path.join(data, "all"), os.path.join(data, "growing-inputs")
+    add(full_inputs, 0, n)
+    add(full_inputs, n, new, copies_of=n)
+    add(growing, 0, n)
+    connect_ray(num_cpus=a.cpus, object_store_mb=1024)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    jobs = {}
+    for name, source in (("all", full_inputs), ("growing", growing)):
+        jobs[name] = os.path.join(data, f"{name}.yaml")
+        with open(jobs[name], "w") as f:
+            f.write(JOB.format(source=source, near="  - dedup_phash: {}\n" if a.near == "phash" else ""))
+    timed_refresh(jobs["growing"], os.path.join(data, "warm-up"))  # Ray's workers started, imports done
+    full = timed_refresh(jobs["all"], os.path.join(data, "full"))
+    timed_refresh(jobs["growing"], os.path.join(data, "growing"))  # release 1 of N
+    add(growing, n, new, copies_of=n)  # the same folder grows by 10%
+    refresh_s = timed_refresh(jobs["growing"], os.path.join(data, "growing"))
+    print(f"# {n} published inputs + {new} new (one in ten a copy of a published picture); {a.cpus} CPUs; "
+          f"dedup_exact{' + dedup_phash' if a.near == 'phash' else ''}")
+    print(f"full run of {n + new} inputs: {full:.1f}s; refresh adding {new}: {refresh_s:.1f}s: "
+          f"{refresh_s / full:.2f} of the full run (goal <= 0.25)")
+
+
+if __name__ == "__main__":
+    main()
