@@ -226,3 +226,25 @@ class FailGlobal(Stage):
 
     def run_global(self, ds, ctx):
         raise RuntimeError("this stage always fails")
+
+
+class NodeNoteParams(Params):
+    folder: str = Field(..., description="a folder every node can write to")
+
+
+class NodeNote(Stage):
+    """Leaves one empty file per batch, named after the Ray node that ran it; rows pass as they came."""
+
+    name = "test_node_note"
+    Params = NodeNoteParams
+    resources = Resources(num_cpus=1, batch_size=4)
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        import uuid
+
+        import ray
+
+        time.sleep(0.2)  # long enough that both nodes get batches
+        node = ray.get_runtime_context().get_node_id()
+        open(os.path.join(self.params.folder, f"{node}-{uuid.uuid4().hex}"), "w").close()
+        return batch
