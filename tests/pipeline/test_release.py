@@ -211,3 +211,42 @@ def pa_empty():
     import pyarrow as pa
 
     return pa.table({"source_uri": pa.array([], pa.string()), "reject_reason": pa.array([], pa.string())})
+
+
+def test_kill_9_mid_refresh_then_the_rerun_finishes_the_same_release(ray_session, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+    from tests.pipeline.refresh_job import job
+
+    inputs, dataset = tmp_path / "inputs", tmp_path / "dataset"
+    inputs.mkdir()
+    for i in range(6):
+        _add(inputs, f"a{i}", _image(300 + i), f"picture {i}")
+    release.refresh(job(str(inputs), 0), str(dataset), log=lambda *a: None)
+    old = {e["name"]: e["sha256"] for e in json.load(open(dataset / "releases" / "v0001" / "manifest.json"))["shards"]}
+    for i in range(6, 11):
+        _add(inputs, f"a{i}", _image(300 + i), f"picture {i}")
+    _add(inputs, "again", _image(301), "a copy of a1")
+    proc = subprocess.Popen([sys.executable, "-m", "tests.pipeline.refresh_job", str(inputs), str(dataset), "120"],
+                            cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    committed = dataset / "work" / "v0002" / "stages" / "02-dedup_exact" / "_SUCCESS"
+    deadline = time.time() + 240
+    while not committed.exists():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-3000:]
+        time.sleep(0.5)
+    time.sleep(1.0)  # well inside the slow stage
+    os.killpg(proc.pid, signal.SIGKILL)  # the refresh and its embedded Ray, at once
+    proc.wait(timeout=60)
+    assert release.latest(str(dataset)) == "v0001" and sorted(os.listdir(dataset / "releases")) == ["v0001"]
+    assert json.load(open(dataset / "releases" / "v0001" / "manifest.json"))["shards"] and all(
+        _sha(os.path.join(dataset, name)) == sha for name, sha in old.items())
+    second = release.refresh(job(str(inputs), 0), str(dataset), log=lambda *a: None)  # the lock's holder is dead
+    assert second["version"] == "v0002" and second["diff"]["samples_added"] == 5 and second["samples"] == 11
+    samples = fs.read_parquet(os.path.join(dataset, "releases", "v0002", "samples.parquet"))
+    assert len(set(samples.column("sample_id").to_pylist())) == samples.num_rows == 11  # nothing twice
+    assert ledger.audit(os.path.join(dataset, "work", "v0002"))["ok"]
+    assert all(_sha(os.path.join(dataset, name)) == sha for name, sha in old.items())
