@@ -148,8 +148,10 @@ def refresh(job: Job, dataset: str, ray_address: str | None = None, log=print) -
         sink = _sink(job)
         known = _table(dataset, before, "inputs.parquet")
         published = set(known.column("input_key").to_pylist()) if known is not None else set()
+        published_uris = set(known.column("source_uri").to_pylist()) if known is not None else set()
         taken = takedowns(dataset)
         skipped = [0]
+        changed: set[str] = set()  # published sources whose listing row changed: new versions supersede them
 
         def new_inputs(batch: pa.Table) -> pa.Table:
             import schemas
@@ -159,6 +161,7 @@ def refresh(job: Job, dataset: str, ray_address: str | None = None, log=print) -
             rows = batch.to_pylist()
             keep = [input_key(r) not in published or r.get("reject") is not None for r in rows]
             skipped[0] += keep.count(False)
+            changed.update(r["source_uri"] for r, k in zip(rows, keep) if k and r["source_uri"] in published_uris)
             batch = ledger.ensure_reject_column(batch.filter(pa.array(keep, pa.bool_())))
             if taken:  # a taken-down input never comes back: rejected, so the audit still counts it
                 rejects = [r["reject"] if r.get("reject") or not taken.sample(r.get("sample_id"), r.get("source_uri"),
@@ -172,8 +175,21 @@ def refresh(job: Job, dataset: str, ray_address: str | None = None, log=print) -
         prepare(job, dataset, earlier, prior["next_shard"])
         log(f"[mmcurate] {dataset}: making release {name} in {work}"
             + (f" (after {before}: {len(published)} inputs published)" if before else " (the first: a full run)"))
-        summary = Runner(job, work, ray_address=ray_address, log=log, inputs_filter=new_inputs).run()
-        info = publish(job, dataset, name, before, work, summary, skipped[0], sink, taken)
+        prior_samples = _table(dataset, before, "samples.parquet")
+        superseded: set[str] = set()
+
+        def supersede() -> None:  # the listing is done: the changed inputs' earlier samples are known
+            if changed and prior_samples is not None:
+                for sid, uri in zip(prior_samples.column("sample_id").to_pylist(),
+                                    prior_samples.column("source_uri").to_pylist()):
+                    if uri and uri.split("#", 1)[0] in changed:
+                        superseded.add(sid)
+            for stage in _dedup_stages(job):
+                stage.params = stage.params.model_copy(update={"superseded": sorted(superseded)})
+
+        summary = Runner(job, work, ray_address=ray_address, log=log, inputs_filter=new_inputs,
+                         after_listing=supersede).run()
+        info = publish(job, dataset, name, before, work, summary, skipped[0], sink, taken, superseded)
         log(f"[mmcurate] {dataset}: published {name}: {info['diff']['samples_added']} samples added in "
             f"{len(info['diff']['shards_added'])} shards, {info['diff']['inputs_skipped']} published inputs skipped; "
             f"{info['samples']} samples in {len(info['shards'])} shards")
@@ -342,7 +358,7 @@ def _copy_tree(src: str, dst: str) -> None:
 
 
 def publish(job: Job, dataset: str, name: str, before: str | None, work: str, summary: dict[str, Any],
-            skipped: int, sink, taken: Takedowns) -> dict[str, Any]:
+            skipped: int, sink, taken: Takedowns, superseded: set[str] = frozenset()) -> dict[str, Any]:
     """Copy the new shards and indexes in, write the release, then move `latest`."""
     from .rundir import RunDir
 
@@ -376,12 +392,15 @@ def publish(job: Job, dataset: str, name: str, before: str | None, work: str, su
         samples.append(_sample_rows(dataset, shard["name"], name))
     samples_table = pa.concat_tables([t for t in samples if t is not None]) if samples else _sample_rows(None, "", name)
     # takedowns: the samples they cover leave; only the shards that held them are written anew
+    # and the earlier samples of changed inputs leave (superseded: their new versions are in this release)
     removed: dict[str, set[str]] = {}
-    if taken:
-        for sid, shard, uri, content in zip(*(samples_table.column(c).to_pylist() for c in
-                                             ("sample_id", "shard", "source_uri", "content_sha256"))):
-            if taken.sample(sid, uri, content):
-                removed.setdefault(shard, set()).add(sid)
+    superseded_n = 0
+    for sid, shard, rel, uri, content in zip(*(samples_table.column(c).to_pylist() for c in
+                                              ("sample_id", "shard", "release", "source_uri", "content_sha256"))):
+        old = rel != name and sid in superseded
+        if old or (taken and taken.sample(sid, uri, content)):
+            removed.setdefault(shard, set()).add(sid)
+            superseded_n += old
     number = max([_number(s["name"]) for s in shards], default=-1) + 1
     replaced = {}
     for shard, gone in sorted(removed.items()):
@@ -391,10 +410,11 @@ def publish(job: Job, dataset: str, name: str, before: str | None, work: str, su
     if replaced:
         shards = [replaced.get(s["name"], s) for s in shards]
         shards = [s for s in shards if s is not None]
-        gone_ids = {sid for gone in removed.values() for sid in gone}
         moved = {s: e["name"] for s, e in replaced.items() if e is not None}
-        samples_table = samples_table.filter(pa.array([sid not in gone_ids for sid in
-                                                       samples_table.column("sample_id").to_pylist()], pa.bool_()))
+        samples_table = samples_table.filter(pa.array(  # by shard: a new version may share its old id
+            [sid not in removed.get(shard, ()) for sid, shard in zip(samples_table.column("sample_id").to_pylist(),
+                                                                     samples_table.column("shard").to_pylist())],
+            pa.bool_()))
         samples_table = samples_table.set_column(1, "shard", pa.array(
             [moved.get(s, s) for s in samples_table.column("shard").to_pylist()], pa.string()))
     listed = fs.read_parquet_dir(rd.segment_dir("00-listing"))
@@ -406,6 +426,7 @@ def publish(job: Job, dataset: str, name: str, before: str | None, work: str, su
     inputs = pa.concat_tables([old_inputs, inputs]) if old_inputs is not None else inputs
     diff = {"inputs_new": len(keys), "inputs_skipped": skipped, "samples_added": sum(s["samples"] for s in new),
             "shards_added": [s["name"] for s in new], "samples_removed": sum(len(g) for g in removed.values()),
+            "samples_superseded": superseded_n,
             "shards_replaced": {old: (e and e["name"]) for old, e in replaced.items()},
             "rejected": {seg["segment"]: seg.get("rejected", {}) for seg in summary.get("segments", [])}}
     last = max([_number(s["name"]) for s in shards] + [number - 1], default=-1)

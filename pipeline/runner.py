@@ -485,9 +485,11 @@ class RunContext:
 
 class Runner:
     def __init__(self, job: Job, output: str, ray_address: str | None = None, limit: int | None = None,
-                 log=print, until: str | None = None, start: str | None = None, inputs_filter=None):
+                 log=print, until: str | None = None, start: str | None = None, inputs_filter=None,
+                 after_listing=None):
         self.job, self.limit, self.log = job, limit, log
         self.inputs_filter = inputs_filter  # listed inputs -> those to process (a refresh skips the published)
+        self.after_listing = after_listing  # called once the inputs are known, before any stage is fingerprinted
         self.run_dir = RunDir(output)
         self.ray_address = ray_address or job.ray.address
         self.segments = plan(job.stages)
@@ -532,6 +534,8 @@ class Runner:
             for seg in self.segments[:self.until + 1]:
                 if seg.kind == "listing":
                     info = self._run_listing(seg)
+                    if self.after_listing is not None:
+                        self.after_listing()
                 else:
                     fingerprint, why = self.fingerprint(seg, upstream["fingerprint"])
                     marker = rd.marker(seg.name)

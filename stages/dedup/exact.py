@@ -122,7 +122,12 @@ class DedupExact(Stage):
         def assign(table: pa.Table) -> np.ndarray:
             return partition_of(pa.array(stage.keys(table), pa.string()), n)
 
+        gone = pa.array(sorted(set(p.superseded)), pa.string())
+
         def decide(part: int, table: pa.Table) -> pa.Table:
+            if len(gone):  # an index's entries of changed inputs no longer count
+                table = table.filter(pc.invert(pc.and_(pc.is_null(table.column(PART)),
+                                                       pc.is_in(table.column("sample_id"), gone))))
             table = stage.mark(table)
             if index_tmp:  # the survivors' keys, for later runs to be checked against
                 survivors = table.filter(pc.and_(pc.is_null(table.column("reject")), pc.is_valid(table.column(PART))))

@@ -34,6 +34,9 @@ class DedupParams(Params):
     against_reason: Literal["duplicate", "contaminated"] = Field(
         "duplicate", description="reason for those: duplicate (a refresh) or contaminated (an evaluation set)")
     write_index: bool = Field(True, description="write the kept samples' keys to <output>/index/<index_name>/")
+    superseded: list[str] = Field(default_factory=list, description="sample ids whose entries in the `against` "
+                                                                     "indexes no longer count (a refresh sets them: "
+                                                                     "their inputs changed)")
     index_name: str = Field("", pattern=r"^([A-Za-z0-9_-][A-Za-z0-9_.-]{0,63})?$",
                             description="the index's folder (default: the stage's name); two dedup stages of one "
                                         "name in a job (files, then functions) need different ones")

@@ -114,11 +114,16 @@ class NearDuplicates(Stage):
                       if i.path.endswith(".parquet")]
         return parts
 
-    @staticmethod
-    def _relabel(sig: pa.Table) -> pa.Table:
-        """An index's samples rank before every new one ("!" sorts first): they survive."""
-        labels = [f"!|{lbl.split('|', 1)[1]}" for lbl in sig.column("_sig").to_pylist()]
-        return sig.set_column(sig.schema.get_field_index("_sig"), "_sig", pa.array(labels, pa.string()))
+    def _relabel(self, sig: pa.Table) -> pa.Table:
+        """An index's samples rank before every new one ("!" sorts first): they survive;
+        those `superseded` (their input changed) are not there any more."""
+        ids = [lbl.split("|", 1)[1] for lbl in sig.column("_sig").to_pylist()]
+        if self.params.superseded:
+            gone = set(self.params.superseded)
+            keep = [i not in gone for i in ids]
+            sig, ids = sig.filter(pa.array(keep, pa.bool_())), [i for i, k in zip(ids, keep) if k]
+        return sig.set_column(sig.schema.get_field_index("_sig"), "_sig", pa.array([f"!|{i}" for i in ids],
+                                                                                   pa.string()))
 
     # -- the run --------------------------------------------------------------------------
     def run_global(self, ds, ctx) -> list[dict[str, Any]]:

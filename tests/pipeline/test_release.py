@@ -250,3 +250,45 @@ def test_kill_9_mid_refresh_then_the_rerun_finishes_the_same_release(ray_session
     assert len(set(samples.column("sample_id").to_pylist())) == samples.num_rows == 11  # nothing twice
     assert ledger.audit(os.path.join(dataset, "work", "v0002"))["ok"]
     assert all(_sha(os.path.join(dataset, name)) == sha for name, sha in old.items())
+
+
+def test_a_changed_input_supersedes_its_earlier_sample(ray_session, tmp_path):
+    import tarfile
+
+    inputs, dataset = tmp_path / "inputs", tmp_path / "dataset"
+    inputs.mkdir()
+    for i in range(4):
+        _add(inputs, f"a{i}", _image(400 + i), f"picture {i}")
+    _refresh(inputs, dataset)
+    time_ns = os.stat(inputs / "a1.txt").st_mtime_ns
+    (inputs / "a1.txt").write_text("picture 1, with a better caption")  # same image, new caption
+    os.utime(inputs / "a1.txt", ns=(time_ns + 10**9, time_ns + 10**9))
+    (inputs / "a2.png").write_bytes(_image(999))  # same name, another image
+    _add(inputs, "old-a2", _image(402), "a2's old picture, under another name")  # not a copy of anything now
+    second = _refresh(inputs, dataset)
+    diff = second["diff"]
+    assert (diff["inputs_new"], diff["inputs_skipped"], diff["samples_added"], diff["samples_superseded"]) == \
+        (3, 2, 3, 2)
+    samples = fs.read_parquet(os.path.join(dataset, "releases", "v0002", "samples.parquet")).to_pylist()
+    assert second["samples"] == len(samples) == 5 and len({r["sample_id"] for r in samples}) == 5
+    captions = {}
+    for url in release.shard_urls(str(dataset)):
+        with tarfile.open(url) as tf:
+            for m in tf.getmembers():
+                if m.name.endswith(".txt"):
+                    captions[m.name.split(".")[0]] = tf.extractfile(m).read().decode()
+    assert sorted(captions.values()) == ["a2's old picture, under another name", "picture 0",
+                                         "picture 1, with a better caption", "picture 2", "picture 3"]
+    by_name = {os.path.basename(r["source_uri"]): r for r in samples}
+    assert by_name["a2.png"]["release"] == "v0002" and by_name["a0.png"]["release"] == "v0001"
+
+
+def test_superseded_index_entries_do_not_count():
+    """An earlier release's entry of a changed input leaves the near-duplicate index's view."""
+    import pyarrow as pa
+
+    from stages.dedup.minhash import DedupMinhash
+
+    sig = pa.table({"_sig": pa.array(["0001|old1", "0002|old2"]), "_bands": pa.array([[1], [2]], pa.list_(pa.uint64()))})
+    assert DedupMinhash({})._relabel(sig).column("_sig").to_pylist() == ["!|old1", "!|old2"]
+    assert DedupMinhash({"superseded": ["old2"]})._relabel(sig).column("_sig").to_pylist() == ["!|old1"]
