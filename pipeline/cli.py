@@ -187,10 +187,20 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write
+    from .release import is_dataset
+    from .report import write, write_releases
 
+    if is_dataset(args.run_dir) and not fs_exists_summary(args.run_dir):  # a published dataset: its releases
+        print(f"report: {write_releases(args.run_dir)}")
+        return 0
     print(f"report: {write(args.run_dir)}")
     return 0
+
+
+def fs_exists_summary(run_dir: str) -> bool:
+    from . import fs
+
+    return fs.exists(fs.join(run_dir, "summary.json"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -290,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
         doc = (sys.modules[ep.load().__module__].__doc__ or ep.value).strip().splitlines()[0].rstrip(".")
         sub.add_parser(name, help=f"{doc} (`mmcurate {name} -h`)", add_help=False)
 
-    p = sub.add_parser("report", help="write RUN_DIR/report/index.html and report.json",
+    p = sub.add_parser("report", help="write RUN_DIR/report/index.html and report.json (for a published "
+                                      "dataset DIR: its releases page)",
                        description="The funnel, metric histograms, sections the stages add and previews of "
                                    "kept and rejected samples, as one self-contained HTML page and a JSON file.")
     p.add_argument("run_dir")

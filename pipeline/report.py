@@ -245,3 +245,59 @@ def write(run_dir: str) -> str:
     fs.write_bytes(fs.join(out, "report.json"), json.dumps(slim, indent=1, default=str).encode())
     fs.write_bytes(fs.join(out, "index.html"), render(report).encode())
     return fs.join(out, "index.html")
+
+
+# -- a published dataset's releases -------------------------------------------------------
+def build_releases(dataset: str) -> dict[str, Any]:
+    """Every release of a dataset: its size, what it added and removed and why."""
+    from .release import _release_dirs, latest
+
+    rows = []
+    for info in sorted(_release_dirs(dataset), key=lambda i: i.path):
+        name = info.path.rstrip("/").rsplit("/", 1)[-1]
+        if not fs.exists(fs.join(dataset, "releases", name, "manifest.json")):
+            continue  # not published
+        rel = json.loads(fs.read_bytes(fs.join(dataset, "releases", name, "release.json")))
+        diff = rel.get("diff", {})
+        rows.append({"version": name, "samples": rel.get("samples"), "shards": len(rel.get("shards", [])),
+                     "added": diff.get("samples_added"), "removed": diff.get("samples_removed", 0),
+                     "superseded": diff.get("samples_superseded", 0), "inputs_new": diff.get("inputs_new"),
+                     "inputs_skipped": diff.get("inputs_skipped"), "rejected": diff.get("rejected", {}),
+                     "shards_replaced": diff.get("shards_replaced", {}), "mmcurate": rel.get("mmcurate")})
+    return {"dataset": dataset, "latest": latest(dataset), "releases": rows}
+
+
+def render_releases(report: dict[str, Any]) -> str:
+    e = html.escape
+    rows = report["releases"]
+    top = max([r["samples"] or 0 for r in rows] + [1])
+    width, height, bar = 480, 140, 480 / max(1, len(rows))
+    bars = "".join(f'<rect x="{i * bar:.1f}" y="{height - (r["samples"] or 0) / top * height:.1f}" '
+                   f'width="{bar - 2:.1f}" height="{(r["samples"] or 0) / top * height:.1f}" fill="#4a6fd1">'
+                   f'<title>{e(r["version"])}: {r["samples"]} samples</title></rect>' for i, r in enumerate(rows))
+    chart = f'<svg id="growth" width="{width}" height="{height + 4}" role="img">{bars}</svg>'
+    table = ["<table id='releases'><tr><th>release</th><th>samples</th><th>shards</th><th>added</th><th>removed "
+             "(takedowns, superseded)</th><th>inputs new / already published</th><th>rejected (segment: reason = "
+             "count)</th></tr>"]
+    for r in rows:
+        why = "; ".join(f"{stage}: " + ", ".join(f"{k} = {v}" for k, v in reasons.items())
+                        for stages in r["rejected"].values() for stage, reasons in (stages or {}).items() if reasons)
+        table.append(f"<tr><td>{e(r['version'])}</td><td class='n'>{r['samples']}</td><td class='n'>{r['shards']}"
+                     f"</td><td class='n'>{r['added']}</td><td class='n'>{r['removed']} ({r['superseded']} "
+                     f"superseded)</td><td class='n'>{r['inputs_new']} / {r['inputs_skipped']}</td>"
+                     f"<td>{e(why) or '-'}</td></tr>")
+    table.append("</table>")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>mmcurate releases: {e(report['dataset'])}"
+            f"</title><style>{CSS}</style></head><body><h1>Releases of {e(report['dataset'])}</h1>"
+            f"<p>Latest: <b>{e(str(report['latest']))}</b>; {len(rows)} releases. Each release's own run "
+            f"(funnel, previews) is reported from its work folder: <code>mmcurate report "
+            f"{e(report['dataset'])}/work/vNNNN</code>.</p><h2>Growth</h2>{chart}<h2>Releases</h2>"
+            + "".join(table) + "</body></html>")
+
+
+def write_releases(dataset: str) -> str:
+    report = build_releases(dataset)
+    out = fs.join(dataset, "report")
+    fs.write_bytes(fs.join(out, "releases.json"), json.dumps(report, indent=1, default=str).encode())
+    fs.write_bytes(fs.join(out, "index.html"), render_releases(report).encode())
+    return fs.join(out, "index.html")

@@ -292,3 +292,21 @@ def test_superseded_index_entries_do_not_count():
     sig = pa.table({"_sig": pa.array(["0001|old1", "0002|old2"]), "_bands": pa.array([[1], [2]], pa.list_(pa.uint64()))})
     assert DedupMinhash({})._relabel(sig).column("_sig").to_pylist() == ["!|old1", "!|old2"]
     assert DedupMinhash({"superseded": ["old2"]})._relabel(sig).column("_sig").to_pylist() == ["!|old1"]
+
+
+def test_the_releases_page(ray_session, tmp_path):
+    from pipeline import cli
+
+    inputs, dataset = tmp_path / "inputs", tmp_path / "dataset"
+    inputs.mkdir()
+    for i in range(3):
+        _add(inputs, f"a{i}", _image(500 + i), f"picture {i}")
+    _refresh(inputs, dataset)
+    _add(inputs, "b", _image(510), "another")
+    _add(inputs, "copy", _image(500), "a copy")
+    _refresh(inputs, dataset)
+    assert cli.main(["report", str(dataset)]) == 0
+    data = json.load(open(dataset / "report" / "releases.json"))
+    assert [(r["version"], r["samples"], r["added"]) for r in data["releases"]] == [("v0001", 3, 3), ("v0002", 4, 1)]
+    page = open(dataset / "report" / "index.html").read()
+    assert page.count("<rect") == 2 and "dedup_exact: duplicate = 1" in page
