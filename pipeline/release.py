@@ -19,7 +19,10 @@ last release's shards. Then it publishes: shards and indexes copied in, the rele
 folder written under a temporary name and renamed, `latest` replaced last. Killed at
 any point, it leaves `latest` and every release as they were; the rerun resumes the
 same work directory (its segments are fingerprinted) and publishes the same release.
-The dataset is held by the run lock: a second refresh at once is refused.
+The dataset is held by the run lock: a second refresh at once is refused. A global
+stage's data-dependent decision (filter_clip_score's top `fraction`) is stated as
+parameters (its cut as a `threshold`) in release.json and applied by every later
+release: old decisions stand, new samples meet the same bar.
 
 Takedowns (`mmcurate takedown DIR --ids/--sources/--content FILE`) are recorded in
 DIR/takedowns.jsonl and stay: every later refresh rejects listed inputs they name
@@ -119,8 +122,24 @@ def _dedup_stages(job: Job) -> list:
     return [s for s in job.stages if "against" in fields(s) and "index_name" in fields(s)]
 
 
-def prepare(job: Job, dataset: str, earlier: list[str], first_shard: int) -> Job:
-    """The job as this release runs it: dedup against every earlier release, shards numbered on."""
+def _decisions(job: Job, summary: dict[str, Any], before: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Decisions global stages stated (a fraction's cut as a threshold), by segment name;
+    the earliest one stands."""
+    made = {row["segment"]: row["decision"] for row in summary.get("segments", []) if row.get("decision")}
+    return {**made, **before}
+
+
+def prepare(job: Job, dataset: str, earlier: list[str], first_shard: int,
+            decisions: dict[str, dict[str, Any]] | None = None) -> Job:
+    """The job as this release runs it: dedup against every earlier release, shards numbered
+    on, and the decisions of earlier releases' global stages (their cut, not a new one)."""
+    from .runner import plan
+
+    for seg in plan(job.stages):
+        decision = (decisions or {}).get(seg.name)
+        if decision and len(seg.stages) == 1:
+            stage = seg.stages[0]
+            stage.params = type(stage.params).model_validate({**stage.params.model_dump(), **decision})
     for stage in _dedup_stages(job):
         index = stage.params.index_name or stage.name
         found = [fs.join(dataset, "index", index, v) for v in earlier if fs.exists(fs.join(dataset, "index", index, v))]
@@ -172,7 +191,7 @@ def refresh(job: Job, dataset: str, ray_address: str | None = None, log=print) -
             return batch
 
         work = fs.join(dataset, "work", name)
-        prepare(job, dataset, earlier, prior["next_shard"])
+        prepare(job, dataset, earlier, prior["next_shard"], prior.get("decisions"))
         log(f"[mmcurate] {dataset}: making release {name} in {work}"
             + (f" (after {before}: {len(published)} inputs published)" if before else " (the first: a full run)"))
         prior_samples = _table(dataset, before, "samples.parquet")
@@ -189,7 +208,8 @@ def refresh(job: Job, dataset: str, ray_address: str | None = None, log=print) -
 
         summary = Runner(job, work, ray_address=ray_address, log=log, inputs_filter=new_inputs,
                          after_listing=supersede).run()
-        info = publish(job, dataset, name, before, work, summary, skipped[0], sink, taken, superseded)
+        info = publish(job, dataset, name, before, work, summary, skipped[0], sink, taken, superseded,
+                       _decisions(job, summary, prior.get("decisions", {})))
         log(f"[mmcurate] {dataset}: published {name}: {info['diff']['samples_added']} samples added in "
             f"{len(info['diff']['shards_added'])} shards, {info['diff']['inputs_skipped']} published inputs skipped; "
             f"{info['samples']} samples in {len(info['shards'])} shards")
@@ -358,7 +378,8 @@ def _copy_tree(src: str, dst: str) -> None:
 
 
 def publish(job: Job, dataset: str, name: str, before: str | None, work: str, summary: dict[str, Any],
-            skipped: int, sink, taken: Takedowns, superseded: set[str] = frozenset()) -> dict[str, Any]:
+            skipped: int, sink, taken: Takedowns, superseded: set[str] = frozenset(),
+            decisions: dict[str, Any] | None = None) -> dict[str, Any]:
     """Copy the new shards and indexes in, write the release, then move `latest`."""
     from .rundir import RunDir
 
@@ -431,7 +452,8 @@ def publish(job: Job, dataset: str, name: str, before: str | None, work: str, su
             "rejected": {seg["segment"]: seg.get("rejected", {}) for seg in summary.get("segments", [])}}
     last = max([_number(s["name"]) for s in shards] + [number - 1], default=-1)
     info = {"version": name, "mmcurate": __version__, "previous": before, "samples": samples_table.num_rows,
-            "shards": [s["name"] for s in shards], "next_shard": last + 1, "diff": diff}
+            "shards": [s["name"] for s in shards], "next_shard": last + 1, "diff": diff,
+            "decisions": decisions or {}}
     tmp = fs.join(dataset, "releases", f".tmp-{name}")
     fs.delete(tmp)
     fs.write_bytes(fs.join(tmp, "manifest.json"), json.dumps({"version": int(name[1:]), "shards": shards},

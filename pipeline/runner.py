@@ -729,6 +729,8 @@ class Runner:
                 ds = self._read(ctx.parts)
                 if seg.kind == "global":
                     ds = seg.stages[0].run_global(ds, ctx)
+                    if seg.stages[0].decision is not None:
+                        extra["decision"] = seg.stages[0].decision
                 else:
                     for stage in seg.stages:
                         ds = self._map_stage(ds, stage, journal)
@@ -831,7 +833,8 @@ class Runner:
             rows.append({"segment": seg.name, "in": info["inputs"], "kept": info["kept"],
                          "rejected": by_reason, "expanded": info.get("expanded", 0), "derived": info.get("derived", 0),
                          "bytes_written": info.get("bytes_written", 0),
-                         "seconds": round(info.get("seconds", 0.0), 2), "skipped": bool(info.get("skipped"))})
+                         "seconds": round(info.get("seconds", 0.0), 2), "skipped": bool(info.get("skipped")),
+                         **({"decision": info["decision"]} if info.get("decision") else {})})
         final = results[-1]
         return {"job": self.job.name, "output": self.run_dir.root, "inputs": inputs, "kept": final["kept"],
                 "rejected": sum(r["rejected"] for r in results), "seconds": round(seconds, 2),

@@ -140,6 +140,11 @@ class Stage:
         the last rows the run kept, with `meta`, the metric columns and report_columns())."""
         return []
 
+    # A global stage whose decision depends on the data (a top fraction) may set, in run_global,
+    # the parameters that reproduce it on other data ({"threshold": 0.31, "fraction": None}):
+    # kept in the segment's marker, and a refresh gives them to the next releases.
+    decision: dict[str, Any] | None = None
+
     def report_columns(self) -> list[str]:
         """Columns of the kept rows that report_sections needs beyond meta and metrics."""
         return []

@@ -7,7 +7,10 @@ Two modes, one of them per run:
   baseline keeps the top 30% (Gadre et al. 2023). The cut is exact and global
   (pipeline.select: radix selection over all parts, ties broken by a hash of
   sample_id), so it is the same whatever the block size or number of workers.
-Rows without a score are rejected as `no_clip_score`. With random-weight features
+With `fraction`, the cut is also stated as a score (`decision`: the lowest kept score as
+`threshold`): a refresh applies it to the next releases, so that the samples published
+under the first release's cut are judged by the same cut later, not by a top fraction of
+each release's new ones. Rows without a score are rejected as `no_clip_score`. With random-weight features
 (tiny-random) the scores mean nothing, and the report says so.
 """
 from __future__ import annotations
@@ -82,7 +85,7 @@ class FilterClipScore(Stage):
         return ledger.stamp_stage(ledger.with_rejects(table, rejects), self.name)
 
     def run_global(self, ds, ctx) -> list[dict[str, Any]]:
-
+        p_col = self.params.column
         cutoff = None
         if self.params.fraction is not None:
             total = sum(gather([_count_valid.remote(part, self.params.column) for part in ctx.parts]))
@@ -90,7 +93,20 @@ class FilterClipScore(Stage):
             ctx.phase(f"keeping the top {self.params.fraction:.0%} of {total} scored rows")
         stage, writer = self, ctx.writer
         refs = map_tables(ctx.parts, lambda t: writer(stage.mark(t, cutoff)))
-        return [t.to_pylist()[0] for t in gather(refs)]
+        stats = [t.to_pylist()[0] for t in gather(refs)]
+        if cutoff is not None:  # the cut as a score: what a later release of the dataset applies
+            lowest = [t.column("m")[0].as_py() for t in gather(map_tables(
+                ctx.parts, lambda t: pa.table({"m": [stage.lowest_kept(t, cutoff)]}), columns=["sample_id", p_col]))]
+            lowest = [v for v in lowest if v is not None]
+            if lowest:
+                self.decision = {"threshold": min(lowest), "fraction": None}
+        return stats
+
+    def lowest_kept(self, table: pa.Table, cutoff: tuple[int, ...]) -> float | None:
+        scores = _scores(table, self.params.column)
+        has = scores[~np.isnan(scores)]
+        inside = np.asarray(at_most(self.keys(table), cutoff), bool)
+        return float(has[inside].min()) if inside.any() else None
 
 
 def _remote(fn):

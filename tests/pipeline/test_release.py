@@ -310,3 +310,27 @@ def test_the_releases_page(ray_session, tmp_path):
     assert [(r["version"], r["samples"], r["added"]) for r in data["releases"]] == [("v0001", 3, 3), ("v0002", 4, 1)]
     page = open(dataset / "report" / "index.html").read()
     assert page.count("<rect") == 2 and "dedup_exact: duplicate = 1" in page
+
+
+def test_a_fraction_cut_becomes_the_next_releases_threshold(ray_session, tmp_path):
+    """Release 1 keeps its top half by clip_score; release 2 applies release 1's cut as a
+    threshold to its new rows (a top half of them would drop two good ones)."""
+    rows = tmp_path / "rows"
+    rows.mkdir()
+    (rows / "a.jsonl").write_text("".join(json.dumps({"text": f"row {i}", "clip_score": i / 10}) + "\n"
+                                          for i in range(10)))
+
+    def job():
+        return parse_job({"name": "cut", "stages": [{"ingest_table": {"source": str(rows)}},
+                                                    {"filter_clip_score": {"fraction": 0.5}},
+                                                    {"shard_webdataset": {"name": "cut", "samples_per_shard": 8}}]})
+
+    dataset = tmp_path / "dataset"
+    first = release.refresh(job(), str(dataset), log=lambda *a: None)
+    assert first["samples"] == 5 and first["decisions"] == {"01-filter_clip_score": {"threshold": 0.5,
+                                                                                       "fraction": None}}
+    (rows / "b.jsonl").write_text("".join(json.dumps({"text": f"new {s}", "clip_score": s}) + "\n"
+                                          for s in (0.6, 0.7, 0.8, 0.9, 0.3)))
+    second = release.refresh(job(), str(dataset), log=lambda *a: None)
+    assert second["diff"]["samples_added"] == 4 and second["samples"] == 9  # 0.3 only falls below the cut
+    assert second["decisions"] == first["decisions"]
