@@ -57,6 +57,7 @@ bench: setup
 	$(PY) bench/bench_code.py
 	$(PY) bench/bench_code_dedup.py
 	$(PY) bench/bench_code_secrets.py
+	$(PY) bench/bench_refresh.py --texts 100000
 
 clean:
 	rm -rf runs .venv .venv-pillow bench/_data
