@@ -295,8 +295,9 @@ def record_takedown(dataset: str, ids: list[str] = (), sources: list[str] = (), 
 def _rewrite_shard(dataset: str, old: str, new: str, removed: set[str]) -> dict[str, Any] | None:
     """Shard `old` without the samples in `removed`, written as `new` (tar, index, stats);
     its manifest entry, or None when nothing is left (then nothing is written)."""
-    import io
+    import os
     import tarfile
+    import tempfile
 
     stem_old, stem_new = old[:-len(".tar")], new[:-len(".tar")]
     index = fs.read_parquet(fs.join(dataset, stem_old + ".parquet"))
@@ -304,21 +305,23 @@ def _rewrite_shard(dataset: str, old: str, new: str, removed: set[str]) -> dict[
     index = index.filter(keep)
     if not index.num_rows:
         return None
-    out, members = io.BytesIO(), {}
-    with tarfile.open(fileobj=io.BytesIO(fs.read_bytes(fs.join(dataset, old)))) as src, \
-            tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as dst:
-        for member in src:
-            key, _, ext = member.name.partition(".")
-            if member.isfile() and key not in removed:
-                dst.addfile(member, src.extractfile(member))
-                members[ext] = members.get(ext, 0) + 1
-    data = out.getvalue()
-    entry = {"name": new, "samples": index.num_rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    fs.write_parquet(fs.join(dataset, stem_new + ".parquet"), index)
-    fs.write_bytes(fs.join(dataset, stem_new + "_stats.json"), json.dumps(
-        {**entry, "name": new.rsplit("/", 1)[-1], "first_key": index.column("__key__")[0].as_py(), "members": members,
-         "index": stem_new.rsplit("/", 1)[-1] + ".parquet"}, indent=1).encode())
-    fs.write_bytes(fs.join(dataset, new), data)  # the tar last: its index and stats are there before it
+    members: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="mmcurate-shard-") as work:
+        local = os.path.join(work, "shard.tar")
+        filesystem, path = fs.resolve(fs.join(dataset, old))
+        with filesystem.open_input_stream(path) as raw, tarfile.open(fileobj=raw, mode="r|") as src, \
+                tarfile.open(local, mode="w", format=tarfile.USTAR_FORMAT) as dst:  # streamed: shards are big
+            for member in src:
+                key, _, ext = member.name.partition(".")
+                if member.isfile() and key not in removed:
+                    dst.addfile(member, src.extractfile(member))
+                    members[ext] = members.get(ext, 0) + 1
+        entry = {"name": new, "samples": index.num_rows, "bytes": os.path.getsize(local), "sha256": _sha256(local)}
+        fs.write_parquet(fs.join(dataset, stem_new + ".parquet"), index)
+        fs.write_bytes(fs.join(dataset, stem_new + "_stats.json"), json.dumps(
+            {**entry, "name": new.rsplit("/", 1)[-1], "first_key": index.column("__key__")[0].as_py(),
+             "members": members, "index": stem_new.rsplit("/", 1)[-1] + ".parquet"}, indent=1).encode())
+        _copy_file(local, fs.join(dataset, new))  # the tar last: its index and stats are there before it
     return entry
 
 
@@ -370,11 +373,39 @@ def _number(shard: str) -> int:
     return int(shard.rsplit("-", 1)[1][:-len(".tar")])
 
 
+CHUNK = 8 << 20
+
+
+def _sha256(uri: str) -> str:
+    filesystem, path = fs.resolve(uri)
+    digest = hashlib.sha256()
+    with filesystem.open_input_stream(path) as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _copy_file(src: str, dst: str) -> None:
+    """A file copied in chunks (local or object store; a shard may be gigabytes), appearing
+    whole: under a temporary name then moved locally, an object store shows it once closed."""
+    sfs, spath = fs.resolve(src)
+    dfs, dpath = fs.resolve(dst)
+    local = fs.is_local(dst)
+    target = dpath + ".tmp-copy" if local else dpath
+    if local:
+        dfs.create_dir(dpath.rpartition("/")[0], recursive=True)
+    with sfs.open_input_stream(spath) as f, dfs.open_output_stream(target) as out:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            out.write(chunk)
+    if local:
+        dfs.move(target, dpath)
+
+
 def _copy_tree(src: str, dst: str) -> None:
     base = fs.resolve(src)[1].rstrip("/") + "/"
     for f in fs.list_files(src, recursive=True):
         relative = f.path[len(base):]
-        fs.write_bytes(fs.join(dst, relative), fs.read_bytes(fs.join(src, relative)))
+        _copy_file(fs.join(src, relative), fs.join(dst, relative))
 
 
 def publish(job: Job, dataset: str, name: str, before: str | None, work: str, summary: dict[str, Any],
@@ -388,12 +419,13 @@ def publish(job: Job, dataset: str, name: str, before: str | None, work: str, su
     new = []
     for shard in made["shards"]:
         stem = shard["name"][:-len(".tar")]
-        for suffix in (".tar", ".parquet", "_stats.json"):
+        for suffix in ("_stats.json", ".parquet", ".tar"):  # the tar last
             target = fs.join(dataset, "shards", stem + suffix)
-            data = fs.read_bytes(fs.join(rd.shards, stem + suffix))
-            if fs.exists(target) and fs.read_bytes(target) != data:
-                raise RuntimeError(f"{target} exists with other bytes: shards are never rewritten")
-            fs.write_bytes(target, data)
+            if suffix == ".tar" and fs.exists(target):  # a rerun after a kill: it must be the very same
+                if _sha256(target) != shard["sha256"]:
+                    raise RuntimeError(f"{target} exists with other bytes: shards are never rewritten")
+                continue
+            _copy_file(fs.join(rd.shards, stem + suffix), target)
         new.append({**shard, "name": f"shards/{shard['name']}"})
     for stage in _dedup_stages(job):
         index = stage.params.index_name or stage.name

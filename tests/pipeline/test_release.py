@@ -334,3 +334,21 @@ def test_a_fraction_cut_becomes_the_next_releases_threshold(ray_session, tmp_pat
     second = release.refresh(job(), str(dataset), log=lambda *a: None)
     assert second["diff"]["samples_added"] == 4 and second["samples"] == 9  # 0.3 only falls below the cut
     assert second["decisions"] == first["decisions"]
+
+
+def test_a_dataset_on_s3(ray_session, s3_bucket, tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for i in range(5):
+        _add(inputs, f"a{i}", _image(600 + i), f"picture {i}")
+    dataset = f"{s3_bucket}/datasets/grow"
+    first = release.refresh(_job(inputs), dataset, log=lambda *a: None)
+    _add(inputs, "b", _image(610), "one more")
+    second = release.refresh(_job(inputs), dataset, log=lambda *a: None)
+    assert (first["samples"], second["samples"], release.latest(dataset)) == (5, 6, "v0002")
+    manifest = json.loads(fs.read_bytes(f"{dataset}/releases/v0002/manifest.json"))
+    for entry in manifest["shards"]:  # every object is what the manifest says
+        assert release._sha256(f"{dataset}/{entry['name']}") == entry["sha256"]
+    assert release.shard_urls(f"{dataset}@v0001") == [f"{dataset}/{s}" for s in first["shards"]]
+    leftovers = [i.path for i in fs.list_files(dataset, recursive=True) if ".tmp" in i.path]
+    assert leftovers == []
