@@ -3,6 +3,7 @@ or fsmonitor runs; nothing outside the repository is read; every hostile case ha
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 
 import pytest
@@ -277,14 +278,14 @@ def git_daemon(tmp_path, hostile):
         port = s.getsockname()[1]
     daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={served}",
                                "--listen=127.0.0.1", f"--port={port}", str(served)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     for _ in range(100):
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 break
         time.sleep(0.05)
     yield f"git://127.0.0.1:{port}/hostile.git"
-    daemon.kill()
+    os.killpg(daemon.pid, signal.SIGKILL)  # `git daemon` runs git-daemon as a child: the whole group goes
     daemon.wait()
 
 
