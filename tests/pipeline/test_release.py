@@ -352,3 +352,42 @@ def test_a_dataset_on_s3(ray_session, s3_bucket, tmp_path):
     assert release.shard_urls(f"{dataset}@v0001") == [f"{dataset}/{s}" for s in first["shards"]]
     leftovers = [i.path for i in fs.list_files(dataset, recursive=True) if ".tmp" in i.path]
     assert leftovers == []
+
+
+def test_near_duplicates_across_releases(ray_session, tmp_path):
+    """A re-encoded, resized copy of a published picture is a near-duplicate of it by the
+    persisted pHash index of release 1: it never enters release 2."""
+    def job():
+        return parse_job({"name": "near", "stages": [
+            {"ingest_image_text": {"source": str(inputs), "image_size": 64}},
+            {"dedup_phash": {}},
+            {"shard_webdataset": {"name": "near", "samples_per_shard": 8}}]})
+
+    def photo(seed: int, size: int = 96, fmt: str = "PNG") -> bytes:
+        # smooth structure (not noise), so that a perceptual hash survives re-encoding
+        yy, xx = np.mgrid[0:size, 0:size] / size
+        rng = np.random.default_rng(seed)
+        a, b, c = rng.uniform(1, 6, 3)
+        pixels = (127 + 120 * np.stack([np.sin(a * xx * 6 + b * yy * 3), np.cos(b * yy * 5 + c * xx),
+                                        np.sin(c * (xx + yy) * 4)], -1)).astype(np.uint8)
+        out = io.BytesIO()
+        Image.fromarray(pixels).save(out, fmt, **({"quality": 70} if fmt == "JPEG" else {}))
+        return out.getvalue()
+
+    inputs, dataset = tmp_path / "inputs", tmp_path / "dataset"
+    inputs.mkdir()
+    for i in range(4):
+        (inputs / f"a{i}.png").write_bytes(photo(i))
+        (inputs / f"a{i}.txt").write_text(f"pattern {i}")
+    first = release.refresh(job(), str(dataset), log=lambda *a: None)
+    assert first["samples"] == 4
+    (inputs / "resized-a2.jpg").write_bytes(photo(2, size=80, fmt="JPEG"))
+    (inputs / "resized-a2.txt").write_text("the same pattern, smaller")
+    (inputs / "b.png").write_bytes(photo(9))
+    (inputs / "b.txt").write_text("a new pattern")
+    second = release.refresh(job(), str(dataset), log=lambda *a: None)
+    assert second["diff"]["samples_added"] == 1 and second["samples"] == 5
+    rejects = fs.read_parquet_dir(os.path.join(dataset, "work", "v0002", "rejects", "02-dedup_phash"),
+                                  ["source_uri", "reject_reason"]).to_pylist()
+    assert [(os.path.basename(r["source_uri"]), r["reject_reason"]) for r in rejects] == \
+        [("resized-a2.jpg", "duplicate")]
