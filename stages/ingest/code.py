@@ -226,10 +226,28 @@ class IngestCode(Stage):
             if limit is not None and ordinal >= limit:
                 break
             rows.append({"sample_id": ledger.sample_id(path, self.params.ref), "ordinal": ordinal, "modality": "code",
-                         "source_uri": path, "meta": "{}", "repo": path,
+                         "source_uri": path, "meta": "{}", "repo": path, "_source_stat": None if why else self._stat(path),
                          "reject": ledger.reject(*why) if why else None})
-        schema = pa.schema([*IDENTITY, pa.field("repo", pa.string()), pa.field("reject", REJECT)])
+        schema = pa.schema([*IDENTITY, pa.field("repo", pa.string()), pa.field("_source_stat", pa.string()),
+                            pa.field("reject", REJECT)])
         yield pa.Table.from_pylist(rows, schema=schema)
+
+    def _stat(self, path: str) -> str | None:
+        """What the input is now, so that a refresh can tell a changed one: a repository's
+        commit at `ref`, an archive's size and mtime (None where the worker finds out: a
+        URL, a plain folder, a repository that will be rejected)."""
+        try:
+            if "://" in path:
+                return None
+            if os.path.isfile(path):
+                st = os.stat(path)
+                return f"{st.st_size}:{st.st_mtime_ns}"
+            if _looks_like_repository(path):
+                with Repository(path, min(self.params.git_timeout, 60.0)) as repo:
+                    return repo.commit(self.params.ref)
+        except (OSError, ledger.Rejected):
+            pass
+        return None
 
     # -- reading (workers) -----------------------------------------------------------
     def process(self, batch: pa.Table) -> pa.Table:

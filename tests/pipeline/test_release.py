@@ -391,3 +391,38 @@ def test_near_duplicates_across_releases(ray_session, tmp_path):
                                   ["source_uri", "reject_reason"]).to_pylist()
     assert [(os.path.basename(r["source_uri"]), r["reject_reason"]) for r in rejects] == \
         [("resized-a2.jpg", "duplicate")]
+
+
+def test_a_repository_with_new_commits_is_read_again(ray_session, tmp_path):
+    """A repository's listing row holds its commit at `ref`: a new commit is a changed input,
+    whose files supersede the ones published from the commit before."""
+    from tests.stages.ingest.test_code import git
+
+    repo = tmp_path / "repos" / "tool"
+    repo.mkdir(parents=True)
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "a.py").write_text("def a():\n    return 1\n")
+    (repo / "b.py").write_text("def b():\n    return 2\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "one")
+
+    def job():
+        return parse_job({"name": "code", "stages": [
+            {"ingest_code": {"source": str(tmp_path / "repos")}},
+            {"dedup_exact": {"key": "text", "text_column": "content"}},
+            {"shard_webdataset": {"name": "code", "samples_per_shard": 8}}]})
+
+    dataset = tmp_path / "dataset"
+    assert release.refresh(job(), str(dataset), log=lambda *a: None)["samples"] == 2
+    again = release.refresh(job(), str(dataset), log=lambda *a: None)
+    assert again["diff"]["inputs_skipped"] == 1 and again["diff"]["samples_added"] == 0  # nothing new: not read
+    (repo / "c.py").write_text("def c():\n    return 3\n")
+    (repo / "a.py").write_text("def a():\n    return 10\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "two")
+    third = release.refresh(job(), str(dataset), log=lambda *a: None)
+    assert third["diff"]["inputs_new"] == 1 and third["diff"]["samples_superseded"] == 2
+    assert third["samples"] == 3 and third["diff"]["samples_added"] == 3
+    paths = sorted(r["source_uri"].rsplit(":", 1)[1] for r in
+                   fs.read_parquet(os.path.join(dataset, "releases", "v0003", "samples.parquet")).to_pylist())
+    assert paths == ["a.py", "b.py", "c.py"]
