@@ -187,20 +187,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from . import fs
     from .release import is_dataset
     from .report import write, write_releases
 
-    if is_dataset(args.run_dir) and not fs_exists_summary(args.run_dir):  # a published dataset: its releases
+    if is_dataset(args.run_dir) and not fs.exists(fs.join(args.run_dir, "summary.json")):  # a dataset: its releases
         print(f"report: {write_releases(args.run_dir)}")
         return 0
     print(f"report: {write(args.run_dir)}")
     return 0
-
-
-def fs_exists_summary(run_dir: str) -> bool:
-    from . import fs
-
-    return fs.exists(fs.join(run_dir, "summary.json"))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -181,14 +181,13 @@ def refresh(job: Job, dataset: str, ray_address: str | None = None, log=print) -
             keep = [input_key(r) not in published or r.get("reject") is not None for r in rows]
             skipped[0] += keep.count(False)
             changed.update(r["source_uri"] for r, k in zip(rows, keep) if k and r["source_uri"] in published_uris)
-            batch = ledger.ensure_reject_column(batch.filter(pa.array(keep, pa.bool_())))
-            if taken:  # a taken-down input never comes back: rejected, so the audit still counts it
-                rejects = [r["reject"] if r.get("reject") or not taken.sample(r.get("sample_id"), r.get("source_uri"),
-                                                                                None)
-                           else ledger.reject("taken_down", f"{r.get('source_uri')}: named by a takedown")
-                           for r in batch.to_pylist()]
-                batch = ledger.set_column(batch, "reject", pa.array(rejects, schemas.REJECT))
-            return batch
+            # a taken-down input never comes back: rejected, so that the audit still counts it
+            rejects = [r.get("reject") if r.get("reject") or not taken.sample(r.get("sample_id"), r.get("source_uri"),
+                                                                              None)
+                       else ledger.reject("taken_down", f"{r.get('source_uri')}: named by a takedown")
+                       for r, k in zip(rows, keep) if k]
+            batch = batch.filter(pa.array(keep, pa.bool_()))
+            return ledger.set_column(batch, "reject", pa.array(rejects, schemas.REJECT))
 
         work = fs.join(dataset, "work", name)
         prepare(job, dataset, earlier, prior["next_shard"], prior.get("decisions"))
@@ -209,7 +208,7 @@ def refresh(job: Job, dataset: str, ray_address: str | None = None, log=print) -
         summary = Runner(job, work, ray_address=ray_address, log=log, inputs_filter=new_inputs,
                          after_listing=supersede).run()
         info = publish(job, dataset, name, before, work, summary, skipped[0], sink, taken, superseded,
-                       _decisions(job, summary, prior.get("decisions", {})))
+                       _decisions(job, summary, prior.get("decisions", {})), prior_samples, known)
         log(f"[mmcurate] {dataset}: published {name}: {info['diff']['samples_added']} samples added in "
             f"{len(info['diff']['shards_added'])} shards, {info['diff']['inputs_skipped']} published inputs skipped; "
             f"{info['samples']} samples in {len(info['shards'])} shards")
@@ -253,7 +252,7 @@ class Takedowns:
         if not uri:
             return False
         base = uri.split("#", 1)[0]
-        if base in self.exact or uri in self.exact or base.startswith(self.prefixes or ("\0",)):
+        if base in self.exact or uri in self.exact or (self.prefixes and base.startswith(self.prefixes)):
             return True
         if self.domains and base.lower().startswith(("http://", "https://")):
             host = base.split("/", 3)[2].rsplit("@", 1)[-1].split(":", 1)[0].lower()
@@ -410,8 +409,10 @@ def _copy_tree(src: str, dst: str) -> None:
 
 def publish(job: Job, dataset: str, name: str, before: str | None, work: str, summary: dict[str, Any],
             skipped: int, sink, taken: Takedowns, superseded: set[str] = frozenset(),
-            decisions: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Copy the new shards and indexes in, write the release, then move `latest`."""
+            decisions: dict[str, Any] | None = None, prior_samples: pa.Table | None = None,
+            prior_inputs: pa.Table | None = None) -> dict[str, Any]:
+    """Copy the new shards and indexes in, write the release, then move `latest`
+    (prior_samples, prior_inputs: the previous release's indexes, as refresh read them)."""
     from .rundir import RunDir
 
     rd = RunDir(work)
@@ -440,7 +441,7 @@ def publish(job: Job, dataset: str, name: str, before: str | None, work: str, su
     prior = json.loads(fs.read_bytes(fs.join(dataset, "releases", before, "manifest.json"))) if before else \
         {"shards": []}
     shards = prior["shards"] + new
-    samples = [_table(dataset, before, "samples.parquet")] if before else []
+    samples = [prior_samples] if prior_samples is not None else []
     for shard in new:
         samples.append(_sample_rows(dataset, shard["name"], name))
     samples_table = pa.concat_tables([t for t in samples if t is not None]) if samples else _sample_rows(None, "", name)
@@ -475,8 +476,7 @@ def publish(job: Job, dataset: str, name: str, before: str | None, work: str, su
     inputs = pa.table({"source_uri": listed.column("source_uri") if listed is not None else pa.array([], pa.string()),
                        "input_key": pa.array(keys, pa.string()),
                        "release": pa.array([name] * len(keys), pa.string())})
-    old_inputs = _table(dataset, before, "inputs.parquet")
-    inputs = pa.concat_tables([old_inputs, inputs]) if old_inputs is not None else inputs
+    inputs = pa.concat_tables([prior_inputs, inputs]) if prior_inputs is not None else inputs
     diff = {"inputs_new": len(keys), "inputs_skipped": skipped, "samples_added": sum(s["samples"] for s in new),
             "shards_added": [s["name"] for s in new], "samples_removed": sum(len(g) for g in removed.values()),
             "samples_superseded": superseded_n,

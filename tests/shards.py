@@ -17,3 +17,16 @@ def check_shards(shard_dir: str) -> str:
     res = subprocess.run([sys.executable, CHECKER, shard_dir], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0 and "violations=0" in res.stdout, res.stdout + res.stderr
     return res.stdout
+
+
+def tar_members(shard_dir: str) -> dict[str, bytes]:
+    """Every member of every shard of a directory, read back with tarfile: name -> bytes."""
+    import glob
+    import tarfile
+
+    members = {}
+    for tar in glob.glob(os.path.join(shard_dir, "*.tar")):
+        with tarfile.open(tar) as tf:
+            for m in tf.getmembers():
+                members[m.name] = tf.extractfile(m).read()
+    return members

@@ -85,28 +85,26 @@ class FilterClipScore(Stage):
         return ledger.stamp_stage(ledger.with_rejects(table, rejects), self.name)
 
     def run_global(self, ds, ctx) -> list[dict[str, Any]]:
-        p_col = self.params.column
         cutoff = None
         if self.params.fraction is not None:
             total = sum(gather([_count_valid.remote(part, self.params.column) for part in ctx.parts]))
             cutoff = self.cutoff(ctx.parts, total)
             ctx.phase(f"keeping the top {self.params.fraction:.0%} of {total} scored rows")
         stage, writer = self, ctx.writer
-        refs = map_tables(ctx.parts, lambda t: writer(stage.mark(t, cutoff)))
-        stats = [t.to_pylist()[0] for t in gather(refs)]
-        if cutoff is not None:  # the cut as a score: what a later release of the dataset applies
-            lowest = [t.column("m")[0].as_py() for t in gather(map_tables(
-                ctx.parts, lambda t: pa.table({"m": [stage.lowest_kept(t, cutoff)]}), columns=["sample_id", p_col]))]
-            lowest = [v for v in lowest if v is not None]
-            if lowest:
-                self.decision = {"threshold": min(lowest), "fraction": None}
-        return stats
 
-    def lowest_kept(self, table: pa.Table, cutoff: tuple[int, ...]) -> float | None:
-        scores = _scores(table, self.params.column)
-        has = scores[~np.isnan(scores)]
-        inside = np.asarray(at_most(self.keys(table), cutoff), bool)
-        return float(has[inside].min()) if inside.any() else None
+        def mark_and_write(table: pa.Table) -> pa.Table:
+            marked = stage.mark(table, cutoff)
+            kept = _scores(marked.filter(pc.is_null(marked.column("reject"))), stage.params.column)
+            kept = kept[~np.isnan(kept)]
+            return ledger.set_column(writer(marked), "lowest_kept", pa.array([float(kept.min()) if kept.size else None],
+                                                                            pa.float64()))
+
+        stats = [t.to_pylist()[0] for t in gather(map_tables(ctx.parts, mark_and_write))]
+        lowest = [s.pop("lowest_kept") for s in stats]
+        lowest = [v for v in lowest if v is not None]
+        if cutoff is not None and lowest:  # the cut as a score: what a later release of the dataset applies
+            self.decision = {"threshold": min(lowest), "fraction": None}
+        return stats
 
 
 def _remote(fn):

@@ -85,21 +85,22 @@ class FilterCode(Stage):
         # ingest_code's parse, when it made one, is not made again
         parsed = batch.column("parse_error_share").to_pylist() if "parse_error_share" in batch.column_names \
             else [None] * batch.num_rows
+        own = {lang: self.params.model_copy(update={k: v for k, v in rules.items() if k in FilterCodeParams.model_fields})
+               for lang, rules in LANGUAGE_RULES.items()} if self.params.language_rules else {}
         for row, share in zip(batch.select(["content", "path", "language"]).to_pylist(), parsed):
             m = measure(row["content"] or "", row["language"], share)
             measures.append(m)
-            why = self.judge(row, m)
+            why = self.judge(row, m, own.get(row["language"], self.params))
             rejects.append(ledger.reject(*why) if why else None)
         for name, kind in (("max_line_length", pa.int64()), ("avg_line_length", pa.float64()),
                            ("alnum_share", pa.float64()), ("parse_error_share", pa.float64())):
             batch = ledger.set_column(batch, name, pa.array([m[name] for m in measures], kind))
         return ledger.with_rejects(batch, rejects)
 
-    def judge(self, row: dict, m: dict) -> tuple[str, str] | None:
+    def judge(self, row: dict, m: dict, p: FilterCodeParams) -> tuple[str, str] | None:
+        """The first rule the file breaks, under `p`: the parameters with its language's own rules."""
         text, path = row["content"] or "", row["path"] or ""
         own = LANGUAGE_RULES.get(row["language"], {}) if self.params.language_rules else {}
-        p = self.params.model_copy(update={k: v for k, v in own.items() if k in FilterCodeParams.model_fields}) \
-            if own else self.params
         name = path.rsplit("/", 1)[-1]
         if not p.keep_vendored and VENDORED.search(path):  # where a file lies decides first
             return "vendored", f"{path}: a vendored copy (keep_vendored keeps it)"

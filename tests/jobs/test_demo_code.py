@@ -7,7 +7,6 @@ import glob
 import json
 import os
 import re
-import tarfile
 
 import pytest
 
@@ -15,7 +14,7 @@ from pipeline import fs, ledger
 from pipeline.job import load_job
 from pipeline.runner import Runner
 from tests.conftest import ROOT
-from tests.shards import check_shards
+from tests.shards import check_shards, tar_members
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +45,7 @@ def test_the_code_demo(code_demo):
                 assert reason == "vendored"
     assert {p: found.get(p) for p in info["hostile"]} == info["hostile"]
     check_shards(os.path.join(out, "shards"))
-    members = {}
-    for tar in glob.glob(os.path.join(out, "shards", "*.tar")):
-        with tarfile.open(tar) as tf:
-            for m in tf.getmembers():
-                members[m.name] = tf.extractfile(m).read()
+    members = tar_members(os.path.join(out, "shards"))
     everything = b"".join(members.values())
     assert b"AKIAIOSFODNN7EXAMPLE" not in everything and b"jane.doe@example.org" not in everything
     samples = [json.loads(v) for k, v in members.items() if k.endswith(".json")]

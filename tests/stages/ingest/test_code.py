@@ -198,8 +198,6 @@ def test_code_to_shards(ray_session, tmp_path, hostile):
     """ingest_code -> filter_code -> detect_license -> redact_secrets -> extract_functions ->
     shards: the checker passes, each item is `<key>.src.<ext>` (+ `<key>.txt` for its
     documentation), secrets do not reach the shards, and the audit balances."""
-    import glob
-    import tarfile
 
     from pipeline.runner import Runner
     from stages.filters.code import FilterCode
@@ -208,7 +206,7 @@ def test_code_to_shards(ray_session, tmp_path, hostile):
     from stages.segment.code import ExtractFunctions
     from stages.shard.webdataset import ShardWebDataset
     from tests.pipeline.helpers import make_job
-    from tests.shards import check_shards
+    from tests.shards import check_shards, tar_members
 
     repo, marker = hostile
     (repo / "keys.py").write_text('"""Settings."""\nAWS_KEY = "AKIAIOSFODNN7EXAMPLE"\n'
@@ -224,11 +222,7 @@ def test_code_to_shards(ray_session, tmp_path, hostile):
     Runner(job, out, log=lambda *a: None).run()
     assert ledger.audit(out)["ok"] and not marker.exists()
     check_shards(os.path.join(out, "shards"))
-    members = {}
-    for tar in glob.glob(os.path.join(out, "shards", "*.tar")):
-        with tarfile.open(tar) as tf:
-            for m in tf.getmembers():
-                members[m.name] = tf.extractfile(m).read()
+    members = tar_members(os.path.join(out, "shards"))
     names = {n.split(".", 1)[1] for n in members}
     assert {"src.py", "src.js", "txt", "json"} <= names
     everything = b"".join(members.values())
