@@ -366,9 +366,13 @@ def _keep_media(stage: Stage, out: pa.Table, table: pa.Table, given: pa.Table, c
 def _actor_class(stage: Stage, journal: str, key: str, media_root: str) -> type:
     """StageCall for an actor pool, as a class named after the stage that holds its
     arguments: Ray then shows the stage's name, and keeps no constructor arguments in
-    the object store (which it warns about for restartable actors)."""
+    the object store (which it warns about for restartable actors). The model loads
+    when the actor starts, not with the first batch: the pools of a segment then load
+    theirs at once, while the stages before them run (measured on the demo's model
+    segment, 11 rows on 2 CPUs: 19.7 s loading one after the other, 12.3 s at once)."""
     def __init__(self) -> None:
         StageCall.__init__(self, stage, journal, key, media_root)
+        self._ready_stage()
 
     return type(stage.name, (StageCall,), {"__init__": __init__, "__qualname__": stage.name})
 

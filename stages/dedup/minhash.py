@@ -28,7 +28,7 @@ from pydantic import Field
 from pipeline.shuffle import hash_partition, map_tables
 
 from .keep import DedupParams
-from .near import NearDuplicates, by_column, verify_pairs
+from .near import NearDuplicates, by_column, meeting, verify_pairs
 
 Tokenizer = Literal["word", "code", "char"]
 _WORD = re.compile(r"\w+")  # maximal runs of Unicode word characters
@@ -371,12 +371,14 @@ class DedupMinhash(NearDuplicates):
                                   pa.list_(pa.uint64() if p.bits == 64 else pa.uint32())),
         })
 
-    def find_edges(self, sigs: list, n: int) -> list:
+    def find_edges(self, sigs: list, n: int, old: list = ()) -> list:
         # Candidates carry labels only; shingles join them by label, once per pair (not once per band).
-        pairs = hash_partition(map_tables(sigs, _band_rows), n, by_column("bucket", n, numeric=True),
-                               _candidates, fetch=False)
+        rows = map_tables(sigs, _band_rows)
+        rows += meeting(rows, ["bucket"], map_tables(list(old), _band_rows), "bucket")
+        pairs = hash_partition(rows, n, by_column("bucket", n, numeric=True), _candidates, fetch=False)
         threshold = self.params.threshold
-        return verify_pairs(pairs, sigs, n, "_shingles", lambda a, b: jaccard(a, b) >= threshold)
+        return verify_pairs(pairs, sigs + meeting(pairs, ["_a", "_b"], list(old), "_sig"), n, "_shingles",
+                            lambda a, b: jaccard(a, b) >= threshold)
 
 
 def _band_rows(sig: pa.Table) -> pa.Table:

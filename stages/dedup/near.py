@@ -54,8 +54,10 @@ class NearDuplicates(Stage):
         """One row per comparable sample: `_sig` (its label) and the columns find_edges needs."""
         raise NotImplementedError
 
-    def find_edges(self, sigs: list, n: int) -> list:
-        """References to tables of verified edges (`_node`, `_peer`), both directions."""
+    def find_edges(self, sigs: list, n: int, old: list = ()) -> list:
+        """References to tables of verified edges (`_node`, `_peer`), both directions, among
+        the new signature rows `sigs` and between them and the rows `old` of the indexes
+        in `against` (which enter a shuffle only where they can meet a new row: `meeting`)."""
         raise NotImplementedError
 
     def index_settings(self) -> dict[str, Any]:
@@ -136,7 +138,7 @@ class NearDuplicates(Stage):
                   f"({n} partitions)")
         sigs = map_tables(ctx.parts, self.signature_rows, columns=list(dict.fromkeys(ranked + self.payload_columns())),
                           streams=self.streams())
-        edges = self.find_edges(sigs + map_tables(index_parts, self._relabel), n)
+        edges = self.find_edges(sigs, n, map_tables(index_parts, self._relabel))
         settled, rounds = components(edges, n, phase=ctx.phase)
         ctx.phase(f"connected components settled in {rounds} rounds")
         index_tmp = ctx.run.tmp_dir("index", self.name) if self.params.write_index else None
@@ -204,6 +206,19 @@ def _column_names_of(ref) -> list[str]:
     import ray
 
     return ray.get(_column_names.remote(ref))
+
+
+# -- an index's rows that can meet the new ones ----------------------------------------------
+def meeting(new: list, new_columns: list[str], old: list, column: str) -> list:
+    """The rows of `old` whose `column` holds a value found in the `new_columns` of `new`
+    (a semi-join, as tasks: one gathers the new values, one per old part filters). An
+    index's rows that share no bucket (or pair) with a new sample stay out of the
+    shuffles, so a refresh costs what is new, not everything published before: pairs
+    among old rows alone are not looked for (they were deduplicated when written)."""
+    if not old:
+        return []
+    wanted = _values.remote(new_columns, *new)
+    return [_having.remote(t, column, wanted) for t in old]
 
 
 # -- verification of candidate pairs by a payload column -----------------------------------
@@ -348,3 +363,15 @@ def _column_names(t: pa.Table) -> list[str]:
 def _changed(t: pa.Table) -> int:
     return int(pc.sum(t.column("_changed")).as_py() or 0)
 
+
+@_remote
+def _values(columns: list[str], *tables: pa.Table) -> pa.Array | None:
+    found = [pc.unique(t.column(c)) for t in tables if t.num_rows for c in columns]
+    return pc.unique(pa.concat_arrays(found)) if found else None
+
+
+@_remote
+def _having(t: pa.Table, column: str, wanted: pa.Array | None) -> pa.Table:
+    if wanted is None or not t.num_rows:
+        return t.slice(0, 0)
+    return t.filter(pc.is_in(t.column(column), value_set=wanted))

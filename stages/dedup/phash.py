@@ -39,7 +39,7 @@ from stages.ingest.image import open_image
 
 from .keep import DedupParams
 from .minhash import _mix64, jaccard, shingle_hashes
-from .near import NearDuplicates, by_column, edges_table, verify_pairs
+from .near import NearDuplicates, by_column, edges_table, meeting, verify_pairs
 
 CROP_STEPS = (0.0, 0.05, 0.1)  # cut per side; the full image first
 _WORK_SIZE = 256  # images are shrunk to about this before the crops are resized (speed, not quality)
@@ -211,15 +211,18 @@ class DedupPhash(NearDuplicates):
                                        pa.list_(pa.uint32()))
         return pa.table(out)
 
-    def find_edges(self, sigs: list, n: int) -> list:
+    def find_edges(self, sigs: list, n: int, old: list = ()) -> list:
         p = self.params
         chunks = chunks_for(p.max_distance)
         probe = lambda sig: _probe_rows(sig, chunks)  # noqa: E731
         match = lambda _, t: _match(t, p.max_distance)  # noqa: E731
-        pairs = hash_partition(map_tables(sigs, probe), n, by_column("bucket", n, numeric=True), match, fetch=False)
+        rows = map_tables(sigs, probe)
+        rows += meeting(rows, ["bucket"], map_tables(list(old), probe), "bucket")
+        pairs = hash_partition(rows, n, by_column("bucket", n, numeric=True), match, fetch=False)
         if p.key == "both":
             threshold = p.text_threshold
-            return verify_pairs(pairs, sigs, n, "_caption", lambda a, b: jaccard(a, b) >= threshold)
+            return verify_pairs(pairs, sigs + meeting(pairs, ["_a", "_b"], list(old), "_sig"), n, "_caption",
+                                lambda a, b: jaccard(a, b) >= threshold)
         return map_tables(pairs, _both_ways)
 
 

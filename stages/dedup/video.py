@@ -41,7 +41,7 @@ from pipeline.shuffle import hash_partition, map_tables
 from .audio import DedupAudio, _pairs
 from .keep import DedupParams
 from .minhash import _mix64
-from .near import NearDuplicates, by_column, verify_pairs
+from .near import NearDuplicates, by_column, meeting, verify_pairs
 
 QUARTERS = 4  # 16-bit pieces of a 64-bit hash that a bucket keys on
 
@@ -98,11 +98,13 @@ class DedupVideo(NearDuplicates):
         kind = pa.struct([("seconds", pa.float64()), ("items", pa.list_(pa.uint64()))])
         return pa.table({"_sig": pa.array(found, pa.string()), "_fp": pa.array(prints, kind)})
 
-    def find_edges(self, sigs: list, n: int) -> list:
+    def find_edges(self, sigs: list, n: int, old: list = ()) -> list:
         p = self.params
-        pairs = hash_partition(map_tables(sigs, _bucket_rows), n, by_column("bucket", n, numeric=True),
+        rows = map_tables(sigs, _bucket_rows)
+        rows += meeting(rows, ["bucket"], map_tables(list(old), _bucket_rows), "bucket")
+        pairs = hash_partition(rows, n, by_column("bucket", n, numeric=True),
                                lambda _, t: _pairs(t, p.max_bucket), fetch=False)
-        return verify_pairs(pairs, sigs, n, "_fp", self.near)
+        return verify_pairs(pairs, sigs + meeting(pairs, ["_a", "_b"], list(old), "_sig"), n, "_fp", self.near)
 
     def near(self, a: dict, b: dict) -> bool:
         p = self.params

@@ -54,9 +54,10 @@ def _free_port() -> int:
 
 
 @pytest.mark.cluster
-def test_ray_job_submit_against_a_local_head(demo_data, tmp_path):
-    """`ray job submit -- mmcurate run ...` as the README says, against a head started with
-    `ray start --head` and Ray 2.60's token authentication."""
+def test_ray_job_submit_and_ray_client_against_a_local_head(demo_data, tmp_path):
+    """Both ways the README gives, against a head started with `ray start --head` and Ray
+    2.60's token authentication: `ray job submit -- mmcurate run ...`, and
+    `mmcurate run --ray-address ray://HEAD:PORT` from outside the cluster (Ray Client)."""
     import secrets
     import signal
     import tempfile
@@ -65,12 +66,12 @@ def test_ray_job_submit_against_a_local_head(demo_data, tmp_path):
     bin_dir = os.path.join(ROOT, ".venv", "bin")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(PATH=f"{bin_dir}:{env.get('PATH', '')}", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
-    dashboard = _free_port()
+    dashboard, client = _free_port(), _free_port()
     ray_tmp = tempfile.mkdtemp(prefix="rh-", dir="/tmp")  # socket paths must stay short
     head = subprocess.Popen(
         [os.path.join(bin_dir, "ray"), "start", "--head", "--block", f"--port={_free_port()}", "--num-cpus=1",
          f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={_free_port()}",
-         f"--metrics-export-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
+         f"--metrics-export-port={_free_port()}", f"--ray-client-server-port={client}",
          f"--temp-dir={ray_tmp}", "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{dashboard}"
@@ -90,6 +91,15 @@ def test_ray_job_submit_against_a_local_head(demo_data, tmp_path):
         assert res.returncode == 0 and "succeeded" in res.stdout + res.stderr, (res.stdout + res.stderr)[-3000:]
         audit = ledger.audit(str(out))
         assert audit["ok"] and audit["inputs"] == demo_data["inputs"]
+
+        by_client = tmp_path / "by-client"
+        res = subprocess.run([os.path.join(bin_dir, "mmcurate"), "run", str(job), "--output", str(by_client),
+                              "--ray-address", f"ray://127.0.0.1:{client}"], env=env, capture_output=True,
+                             text=True, timeout=400)
+        assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+        assert ledger.audit(str(by_client))["ok"]
+        assert json.loads((by_client / "shards" / "manifest.json").read_text())["shards"] == \
+            json.loads((out / "shards" / "manifest.json").read_text())["shards"]
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=120)

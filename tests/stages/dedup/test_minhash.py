@@ -191,6 +191,30 @@ def test_index_round_trip_and_decontamination(ray_session, tmp_path, reason):
     assert fs.read_parquet_dir(os.path.join(run2, "index", "dedup_minhash")).num_rows == 30
 
 
+def test_only_index_rows_that_can_meet_a_new_row_enter_the_shuffle(ray_session):
+    """near.meeting: an index's bucket rows pass only where a new row has the bucket, its
+    signature rows only where a candidate pair names them; nothing new, nothing passes."""
+    import pyarrow as pa
+    import ray
+
+    from stages.dedup.near import meeting
+
+    def buckets(*values):
+        return pa.array(list(values), pa.uint64())
+
+    new = [ray.put(pa.table({"bucket": buckets(1, 2, 2)})), ray.put(pa.table({"bucket": buckets()}))]
+    old = [ray.put(pa.table({"bucket": buckets(2, 3, 1, 4), "label": ["a", "b", "c", "d"]})),
+           ray.put(pa.table({"bucket": buckets(5), "label": ["e"]}))]
+    passed = [ray.get(r) for r in meeting(new, ["bucket"], old, "bucket")]
+    assert passed[0].column("label").to_pylist() == ["a", "c"] and passed[1].num_rows == 0
+    assert meeting(new, ["bucket"], [], "bucket") == []
+    nothing_new = meeting([ray.put(pa.table({"bucket": buckets()}))], ["bucket"], old, "bucket")
+    assert [ray.get(r).num_rows for r in nothing_new] == [0, 0]
+    pairs = [ray.put(pa.table({"_a": ["x"], "_b": ["!|y"]})), ray.put(pa.table({"_a": ["!|w"], "_b": ["v"]}))]
+    sigs = [ray.put(pa.table({"_sig": ["!|y", "!|z", "!|w"]}))]
+    assert ray.get(meeting(pairs, ["_a", "_b"], sigs, "_sig")[0]).column("_sig").to_pylist() == ["!|y", "!|w"]
+
+
 def test_an_index_made_differently_is_refused(ray_session, tmp_path):
     import json
     import os
