@@ -48,7 +48,7 @@ from pipeline.shuffle import hash_partition, map_tables
 
 from .keep import DedupParams
 from .minhash import _mix64
-from .near import NearDuplicates, by_column, meeting, verify_pairs
+from .near import NearDuplicates, among_earlier, by_column, meeting, verify_pairs
 
 CHROMAPRINT_RATE = 11_025  # the rate Chromaprint works at
 SLOWDOWN = 3  # Chromaprint hears the audio this many times slower (see the module's docstring)
@@ -303,4 +303,6 @@ def _pairs(t: pa.Table, max_bucket: int) -> pa.Table:
             else:
                 a += members[:-1]
                 b += members[1:]
-    return pa.table({"_a": pa.array(a, pa.string()), "_b": pa.array(b, pa.string())})
+    keep = [i for i in range(len(a)) if not among_earlier(a[i], b[i])]
+    return pa.table({"_a": pa.array([a[i] for i in keep], pa.string()),
+                     "_b": pa.array([b[i] for i in keep], pa.string())})

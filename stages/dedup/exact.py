@@ -27,11 +27,10 @@ from pipeline import fs, ledger
 from pipeline.shuffle import PART, apply_by_part, hash_partition, partition_of
 from pipeline.stage import Resources, Stage
 
-from .keep import DedupParams, labels, rank_columns
+from .keep import EARLIER, DedupParams, labels, rank_columns
 
 _SPACES = re.compile(r"\s+")
 ROWS_PER_PARTITION = 200_000  # a partition is one task's memory: about this many rows
-EARLIER = "!"  # the label prefix of an index's samples: it sorts before every new one
 
 
 def text_key(text: str | None) -> str | None:

@@ -16,6 +16,8 @@ from pydantic import AfterValidator, Field, field_validator
 
 from pipeline.stage import Params
 
+EARLIER = "!"  # the rank of an index's samples (from an earlier run): it sorts before every new one
+
 
 def _keep_rule(v: str) -> str:
     if v not in ("first", "largest") and not (v.startswith("max:") and len(v) > 4):

@@ -28,7 +28,7 @@ from pydantic import Field
 from pipeline.shuffle import hash_partition, map_tables
 
 from .keep import DedupParams
-from .near import NearDuplicates, by_column, meeting, verify_pairs
+from .near import NearDuplicates, among_earlier, by_column, meeting, verify_pairs
 
 Tokenizer = Literal["word", "code", "char"]
 _WORD = re.compile(r"\w+")  # maximal runs of Unicode word characters
@@ -399,7 +399,7 @@ def _candidates(_: int, t: pa.Table) -> pa.Table:
         for s, e in zip(starts, np.r_[starts[1:], len(buckets)]):
             for i in range(s, min(e, s + ANCHORS)):
                 for j in range(i + 1, e):
-                    if labels[i] != labels[j]:
+                    if labels[i] != labels[j] and not among_earlier(labels[i], labels[j]):
                         a.append(labels[i])
                         b.append(labels[j])
     pairs = pa.table({"_a": pa.array(a, pa.string()), "_b": pa.array(b, pa.string())})

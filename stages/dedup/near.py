@@ -37,7 +37,7 @@ from pipeline.shuffle import (
 from pipeline.stage import Resources, Stage
 from pipeline.watchdog import gather
 
-from .keep import labels, rank_columns
+from .keep import EARLIER, labels, rank_columns
 
 ROWS_PER_PARTITION = 200_000  # rows of the widest shuffle that one task holds, about
 
@@ -117,20 +117,21 @@ class NearDuplicates(Stage):
         return parts
 
     def _relabel(self, sig: pa.Table) -> pa.Table:
-        """An index's samples rank before every new one ("!" sorts first): they survive;
+        """An index's samples rank before every new one (EARLIER sorts first): they survive;
         those `superseded` (their input changed) are not there any more."""
         ids = [lbl.split("|", 1)[1] for lbl in sig.column("_sig").to_pylist()]
         if self.params.superseded:
             gone = set(self.params.superseded)
             keep = [i not in gone for i in ids]
             sig, ids = sig.filter(pa.array(keep, pa.bool_())), [i for i, k in zip(ids, keep) if k]
-        return sig.set_column(sig.schema.get_field_index("_sig"), "_sig", pa.array([f"!|{i}" for i in ids],
+        return sig.set_column(sig.schema.get_field_index("_sig"), "_sig", pa.array([f"{EARLIER}|{i}" for i in ids],
                                                                                    pa.string()))
 
     # -- the run --------------------------------------------------------------------------
     def run_global(self, ds, ctx) -> list[dict[str, Any]]:
         index_parts = self._index_parts()
-        n = max(1, math.ceil(ctx.upstream_kept * self.rows_per_sample() / ROWS_PER_PARTITION))
+        indexed = sum(fs.parquet_rows(index) for index in self.params.against)  # may meet the new ones
+        n = max(1, math.ceil((ctx.upstream_kept + indexed) * self.rows_per_sample() / ROWS_PER_PARTITION))
         ranked = self.rank_columns()
         ctx.phase(f"{self.describe()}"
                 + (f"; against {len(index_parts)} index parts" if index_parts else ""))
@@ -191,7 +192,7 @@ class NearDuplicates(Stage):
             clusters.append(cluster)
             keeper = root.split("|", 1)[1] if root else None
             if root and root != label and keeper != label.split("|", 1)[1]:  # never a duplicate of itself
-                earlier = root.startswith("!")  # a sample of an index we were pointed at
+                earlier = root.startswith(EARLIER)  # a sample of an index we were pointed at
                 reason = self.params.against_reason if earlier else "duplicate"
                 where = " in an earlier index" if earlier else ""
                 rejects.append(ledger.reject(reason, f"{self.similarity} of {keeper}{where}",
@@ -213,12 +214,18 @@ def meeting(new: list, new_columns: list[str], old: list, column: str) -> list:
     """The rows of `old` whose `column` holds a value found in the `new_columns` of `new`
     (a semi-join, as tasks: one gathers the new values, one per old part filters). An
     index's rows that share no bucket (or pair) with a new sample stay out of the
-    shuffles, so a refresh costs what is new, not everything published before: pairs
-    among old rows alone are not looked for (they were deduplicated when written)."""
+    shuffles, so a refresh costs what is new, not everything published before. Pairs
+    among old rows alone are not looked for either (`among_earlier`): they were
+    deduplicated when their index was written."""
     if not old:
         return []
     wanted = _values.remote(new_columns, *new)
     return [_having.remote(t, column, wanted) for t in old]
+
+
+def among_earlier(a: str, b: str) -> bool:
+    """Both labels are an index's samples: a pair find_edges does not make."""
+    return a[0] == EARLIER and b[0] == EARLIER
 
 
 # -- verification of candidate pairs by a payload column -----------------------------------

@@ -37,7 +37,7 @@ from pydantic import Field
 from pipeline.shuffle import hash_partition, map_tables
 from stages.ingest.image import open_image
 
-from .keep import DedupParams
+from .keep import EARLIER, DedupParams
 from .minhash import _mix64, jaccard, shingle_hashes
 from .near import NearDuplicates, by_column, edges_table, meeting, verify_pairs
 
@@ -270,7 +270,11 @@ def _match(t: pa.Table, max_distance: int) -> pa.Table:
     q = t.filter(t.column("query")).select(["bucket", "label", "hash"])
     f = t.filter(pc.invert(t.column("query"))).select(["bucket", "label", "hash"]) \
         .rename_columns(["bucket", "label_f", "hash_f"])
-    j = q.join(f, "bucket", join_type="inner")
+    # An index's queries meet only new filed hashes (among_earlier): not joined at all.
+    q_old = pc.starts_with(q.column("label"), EARLIER)
+    f_new = f.filter(pc.invert(pc.starts_with(f.column("label_f"), EARLIER)))
+    j = pa.concat_tables([q.filter(pc.invert(q_old)).join(f, "bucket", join_type="inner"),
+                          q.filter(q_old).join(f_new, "bucket", join_type="inner")])
     if not j.num_rows:
         return empty
     near = hamming(j.column("hash").to_numpy(), j.column("hash_f").to_numpy()) <= max_distance

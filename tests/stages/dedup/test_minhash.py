@@ -215,6 +215,23 @@ def test_only_index_rows_that_can_meet_a_new_row_enter_the_shuffle(ray_session):
     assert ray.get(meeting(pairs, ["_a", "_b"], sigs, "_sig")[0]).column("_sig").to_pylist() == ["!|y", "!|w"]
 
 
+def test_no_pair_is_made_among_an_index_own_samples():
+    """An index was deduplicated when it was written: its samples meet new ones only."""
+    import pyarrow as pa
+
+    from stages.dedup.audio import _pairs
+    from stages.dedup.minhash import _candidates
+    from stages.dedup.phash import _match
+
+    rows = pa.table({"bucket": pa.array([7, 7, 7, 7], pa.uint64()), "label": ["!|a", "!|b", "0|c", "0|d"]})
+    expected = [("!|a", "0|c"), ("!|a", "0|d"), ("!|b", "0|c"), ("!|b", "0|d"), ("0|c", "0|d")]
+    assert sorted(zip(*_candidates(0, rows).to_pydict().values())) == expected
+    assert sorted(zip(*_pairs(rows, 10).to_pydict().values())) == expected
+    probes = pa.table({"bucket": pa.array([7] * 8, pa.uint64()), "label": ["!|a", "!|b", "0|c", "0|d"] * 2,
+                       "hash": pa.array([1] * 8, pa.uint64()), "query": [True] * 4 + [False] * 4})
+    assert sorted(zip(*_match(probes, 8).to_pydict().values())) == expected
+
+
 def test_an_index_made_differently_is_refused(ray_session, tmp_path):
     import json
     import os
