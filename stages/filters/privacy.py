@@ -8,15 +8,18 @@ redact_pii replaces, in this order (credentials before the e-mail rule can see
   phone number     +1 (555) 123-4567        -> <PHONE>  (7 to 15 digits, E.164's bound)
 and counts them per sample (`pii_redacted`, and per type in meta.pii).
 
-blur_faces finds frontal faces with the LBP cascade that scikit-image ships
-(skimage.data.lbp_frontal_face_cascade_filename(): offline) and blurs each box with a
-Gaussian whose radius scales with the face, as DataComp blurred faces in its pool.
+blur_faces finds frontal faces with OpenCV's Haar cascade (haarcascade_frontalface_alt2,
+shipped in opencv-python's cv2.data: offline) and blurs each box with a Gaussian whose
+radius scales with the face, as DataComp blurred faces in its pool. Measured on the
+demo's photographs at <= 512 px, one thread: 72 ms an image, where scikit-image's LBP
+cascade (used before) took about 0.45 s and was the slowest step of the demo.
 The count goes into `faces_blurred`; an image with faces is re-encoded in its format.
 """
 from __future__ import annotations
 
 import io
 import json
+import os
 import re
 
 import numpy as np
@@ -114,19 +117,19 @@ _CASCADE = None
 def detect_faces(im: Image.Image, min_size: int = 24, min_neighbors: int = 8) -> list[tuple[int, int, int, int]]:
     """(left, top, width, height) boxes of frontal faces, in the image's own pixels."""
     global _CASCADE
-    from skimage.data import lbp_frontal_face_cascade_filename
-    from skimage.feature import Cascade
+    import cv2
 
     if _CASCADE is None:
-        _CASCADE = Cascade(lbp_frontal_face_cascade_filename())
+        cv2.setNumThreads(1)  # Ray gives the stage one CPU per task
+        _CASCADE = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_alt2.xml"))
+        if _CASCADE.empty():
+            raise RuntimeError("OpenCV could not load haarcascade_frontalface_alt2.xml from cv2.data")
     scale = min(1.0, 512 / max(im.size))  # detection on <= 512 px, boxes mapped back
     small = im.convert("L").resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
                                    Image.Resampling.BILINEAR) if scale < 1 else im.convert("L")
-    a = np.asarray(small, dtype=np.float64) / 255
-    found = _CASCADE.detect_multi_scale(img=a, scale_factor=1.2, step_ratio=1, min_size=(min_size, min_size),
-                                        max_size=(min(a.shape), min(a.shape)), min_neighbor_number=min_neighbors)
-    return [(round(f["c"] / scale), round(f["r"] / scale), round(f["width"] / scale), round(f["height"] / scale))
-            for f in found]
+    found = _CASCADE.detectMultiScale(np.asarray(small), scaleFactor=1.2, minNeighbors=min_neighbors,
+                                      minSize=(min_size, min_size))
+    return [(round(x / scale), round(y / scale), round(w / scale), round(h / scale)) for x, y, w, h in found]
 
 
 def blur_boxes(im: Image.Image, boxes: list[tuple[int, int, int, int]]) -> Image.Image:
@@ -151,7 +154,7 @@ class BlurFacesParams(RowParams):
 
 
 class BlurFaces(Stage):
-    """Finds frontal faces (scikit-image's LBP cascade) and blurs them in the image."""
+    """Finds frontal faces (OpenCV's Haar cascade) and blurs them in the image."""
 
     name = "blur_faces"
     Params = BlurFacesParams
