@@ -426,3 +426,37 @@ def test_a_repository_with_new_commits_is_read_again(ray_session, tmp_path):
     paths = sorted(r["source_uri"].rsplit(":", 1)[1] for r in
                    fs.read_parquet(os.path.join(dataset, "releases", "v0003", "samples.parquet")).to_pylist())
     assert paths == ["a.py", "b.py", "c.py"]
+
+
+def test_a_url_is_fetched_again_only_when_its_manifest_row_changes(ray_session, tmp_path):
+    """A URL is not fetched to see whether it changed: its manifest row says so (here an
+    `etag` column). The same row is skipped, a new etag re-reads the URL and supersedes."""
+
+    from tests.servers import HostileServer
+
+    with HostileServer(images={"a.png": _image(1), "b.png": _image(2)}) as srv:
+        manifest, dataset = tmp_path / "urls.jsonl", tmp_path / "dataset"
+
+        def write(etag_b: str) -> None:
+            manifest.write_text("".join(json.dumps({"url": srv.url(f"/img/{n}.png"), "caption": f"picture {n}",
+                                                    "etag": etag}) + "\n" for n, etag in (("a", "1"), ("b", etag_b))))
+
+        job = parse_job({"name": "urls", "stages": [
+            {"ingest_image_text": {"source": str(manifest), "image_size": 32, "allow_private_networks": True}},
+            {"shard_webdataset": {"name": "urls", "samples_per_shard": 4}}]})
+        write("1")
+        assert release.refresh(job, str(dataset), log=lambda *a: None)["samples"] == 2
+        srv.images["b.png"] = _image(3)  # the file behind the URL changes ...
+        same = release.refresh(job, str(dataset), log=lambda *a: None)["diff"]
+        assert (same["inputs_new"], same["inputs_skipped"], same["samples_added"]) == (0, 2, 0)  # ... unseen
+        write("2")  # ... until the manifest says so
+        diff = release.refresh(job, str(dataset), log=lambda *a: None)["diff"]
+        assert (diff["inputs_new"], diff["inputs_skipped"], diff["samples_added"], diff["samples_superseded"]) == \
+            (1, 1, 1, 1)
+    def content(version: str) -> dict[str, str]:
+        rows = fs.read_parquet(os.path.join(dataset, "releases", version, "samples.parquet")).to_pylist()
+        return {r["source_uri"].rsplit("/", 1)[1]: r["content_sha256"] for r in rows}
+
+    first, third = content("v0001"), content("v0003")
+    assert sorted(third) == ["a.png", "b.png"] and third["a.png"] == first["a.png"]
+    assert third["b.png"] != first["b.png"]  # the new file, fetched again
