@@ -143,7 +143,7 @@ def shard_write(table: pa.Table, tmp: str) -> tuple[float, float, int, int]:
     table, _ = media.store(table, ["image"], media.Store(os.path.join(tmp, "media")))
     columns = {c.name: c for c in IngestImageText(source="x").adds()}
     t0 = time.perf_counter()
-    stats = _ShardWriter(tmp, "bench", columns)(0, table)
+    stats = _ShardWriter(tmp, "bench", columns, [])(0, table)
     shard_s = time.perf_counter() - t0
     nbytes = stats["bytes"]
     refs = [r for r in table.column("image").to_pylist() if r]

@@ -87,20 +87,61 @@ class _Ranker:
         return pa.table({"sample_id": t.column("sample_id"), PART: t.column(PART), SHARD: pa.array(shard)})
 
 
-class _HashingWriter(io.RawIOBase):
-    """A write-only stream that counts and hashes what passes through it."""
+class _TarStream:
+    """A tar archive written member by member: the members are gathered into chunks of
+    about CHUNK bytes, and one background thread hashes and writes each chunk in order
+    (hashlib and file writes let go of the GIL), while the caller reads the next media and
+    builds the next records. At most two chunks are held at once."""
+
+    CHUNK = 4 << 20
 
     def __init__(self, out):
+        from concurrent.futures import ThreadPoolExecutor
+
         self.out, self.sha, self.size = out, hashlib.sha256(), 0
+        self.pieces: list[bytes] = []
+        self.held = 0
+        self.pool, self.pending = ThreadPoolExecutor(1), None
 
-    def writable(self) -> bool:
-        return True
+    def member(self, name: str, data: bytes) -> None:
+        """Header, data, padding to 512 bytes (what tarfile.addfile writes, without its
+        per-10 KiB Python buffering)."""
+        raw = name.encode()
+        if len(raw) < 100 and len(data) < 8 ** 11:
+            self._add(_ustar_header(raw, len(data)))
+        else:  # long names and members of 8 GiB or more need a pax header
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o444
+            self._add(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        self._add(data)
+        if len(data) % tarfile.BLOCKSIZE:
+            self._add(tarfile.NUL * (tarfile.BLOCKSIZE - len(data) % tarfile.BLOCKSIZE))
 
-    def write(self, b) -> int:
-        self.out.write(b)
-        self.sha.update(b)
+    def close(self) -> None:
+        """Two zero blocks, then zeros up to a whole 10 KiB record, as tarfile does on close."""
+        self._add(tarfile.NUL * (2 * tarfile.BLOCKSIZE))
+        if self.size % tarfile.RECORDSIZE:
+            self._add(tarfile.NUL * (tarfile.RECORDSIZE - self.size % tarfile.RECORDSIZE))
+        self._flush()
+        self.pending.result()
+        self.pool.shutdown()
+
+    def _add(self, b: bytes) -> None:
+        self.pieces.append(b)
         self.size += len(b)
-        return len(b)
+        self.held += len(b)
+        if self.held >= self.CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        chunk, self.pieces, self.held = b"".join(self.pieces), [], 0
+        if self.pending is not None:
+            self.pending.result()  # in order; and an error of the last write surfaces here
+        self.pending = self.pool.submit(self._write, chunk)
+
+    def _write(self, chunk: bytes) -> None:
+        self.sha.update(chunk)
+        self.out.write(chunk)
 
 
 def _ustar_header(name: bytes, size: int) -> bytes:
@@ -108,31 +149,12 @@ def _ustar_header(name: bytes, size: int) -> bytes:
     input, same bytes. Built directly: tarfile.TarInfo.tobuf cost half the write time."""
     head = (name.ljust(100, b"\0") + b"0000444\0" + b"0000000\0" * 2 + b"%011o\0" % size
             + b"00000000000\0")
-    tail = b"0" + b"\0" * 100 + b"ustar\x0000" + b"\0" * (32 + 32 + 8 + 8 + 155 + 12)
-    checksum = sum(head) + sum(tail) + 8 * 32  # the checksum field counts as eight spaces
-    return head + b"%06o\0 " % checksum + tail
+    checksum = sum(head) + _TAIL_SUM + 8 * 32  # the checksum field counts as eight spaces
+    return head + b"%06o\0 " % checksum + _TAIL
 
 
-def _member(out: "_HashingWriter", name: str, data: bytes) -> None:
-    """One tar member: header, data, padding to 512 bytes (what tarfile.addfile writes,
-    without its per-10 KiB Python buffering)."""
-    raw = name.encode()
-    if len(raw) < 100 and len(data) < 8 ** 11:
-        out.write(_ustar_header(raw, len(data)))
-    else:  # long names and members of 8 GiB or more need a pax header
-        info = tarfile.TarInfo(name)
-        info.size, info.mtime, info.mode = len(data), 0, 0o444
-        out.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
-    out.write(data)
-    if len(data) % tarfile.BLOCKSIZE:
-        out.write(tarfile.NUL * (tarfile.BLOCKSIZE - len(data) % tarfile.BLOCKSIZE))
-
-
-def _end_of_archive(out: "_HashingWriter") -> None:
-    """Two zero blocks, then zeros up to a whole 10 KiB record, as tarfile does on close."""
-    out.write(tarfile.NUL * (2 * tarfile.BLOCKSIZE))
-    if out.size % tarfile.RECORDSIZE:
-        out.write(tarfile.NUL * (tarfile.RECORDSIZE - out.size % tarfile.RECORDSIZE))
+_TAIL = b"0" + b"\0" * 100 + b"ustar\x0000" + b"\0" * (32 + 32 + 8 + 8 + 155 + 12)
+_TAIL_SUM = sum(_TAIL)
 
 
 def _npy(value: Any) -> bytes:
@@ -182,8 +204,8 @@ class _ShardWriter:
         counts: dict[str, int] = {}
         # to_numpy keeps each embedding's dtype (float16 stays float16); to_pylist would not.
         vectors = {c: group.column(c).combine_chunks().to_numpy(zero_copy_only=False) for c in embeddings}
-        with filesystem.open_output_stream(path, buffer_size=1 << 20) as raw:
-            sink = _HashingWriter(raw)
+        with filesystem.open_output_stream(path, buffer_size=0) as raw:
+            sink = _TarStream(raw)
             for i, row in enumerate(group.drop_columns(embeddings).to_pylist()):
                 key = row["sample_id"]
                 if not SAFE_ID.fullmatch(key):  # listing makes every id safe; never write a path as a name
@@ -193,17 +215,17 @@ class _ShardWriter:
                         continue
                     ext = self._extension(col, row)
                     value = media.read(row[col]) if col in media_cols else row[col].encode()
-                    _member(sink, f"{key}.{ext}", value)
+                    sink.member(f"{key}.{ext}", value)
                     counts[ext] = counts.get(ext, 0) + 1
                 record = {c: row[c] for c in scalars if c != "meta"}
                 record["meta"] = json.loads(row["meta"]) if row.get("meta") else {}
-                _member(sink, f"{key}.json", json.dumps(record, ensure_ascii=False, sort_keys=True).encode())
+                sink.member(f"{key}.json", json.dumps(record, ensure_ascii=False, sort_keys=True).encode())
                 counts["json"] = counts.get("json", 0) + 1
                 for col in embeddings:
                     if vectors[col][i] is not None:
-                        _member(sink, f"{key}.{col}.npy", _npy(vectors[col][i]))
+                        sink.member(f"{key}.{col}.npy", _npy(vectors[col][i]))
                         counts[f"{col}.npy"] = counts.get(f"{col}.npy", 0) + 1
-            _end_of_archive(sink)
+            sink.close()
         index = group.select(scalars + texts + embeddings)
         index = index.add_column(0, "__key__", group.column("sample_id"))
         fs.write_parquet(base + ".parquet", index)

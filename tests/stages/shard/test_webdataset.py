@@ -122,6 +122,28 @@ def test_tar_headers_match_the_standard_library():
         assert _ustar_header(name.encode(), size) == info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
 
 
+def test_the_tar_stream_writes_what_tarfile_reads_and_hashes_what_it_wrote(tmp_path):
+    """Members larger than a chunk, a name that needs a pax header, an empty member: read
+    back by tarfile, and the sha256 and size it reports are the file's."""
+    import hashlib
+
+    from stages.shard.webdataset import _TarStream
+
+    big = np.random.default_rng(0).integers(0, 256, _TarStream.CHUNK * 2 + 7, dtype=np.uint8).tobytes()
+    given = {"a.jpg": b"x" * 1000, "b" * 150 + ".txt": "long name é".encode(), "c.bin": big, "d.json": b""}
+    path = tmp_path / "s.tar"
+    with open(path, "wb") as f:
+        stream = _TarStream(f)
+        for name, data in given.items():
+            stream.member(name, data)
+        stream.close()
+    raw = path.read_bytes()
+    assert stream.size == len(raw) and stream.sha.hexdigest() == hashlib.sha256(raw).hexdigest()
+    assert len(raw) % tarfile.RECORDSIZE == 0
+    with tarfile.open(path) as tf:
+        assert {m.name: tf.extractfile(m).read() for m in tf.getmembers()} == given
+
+
 def test_hostile_ids_never_become_member_paths(ray_session, tmp_path):
     """Ids that are paths, dotted or repeated reach the shards as safe, unique keys."""
     from pipeline import ledger
