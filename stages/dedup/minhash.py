@@ -177,9 +177,12 @@ def _kernel():
         import numba
 
         @numba.njit(cache=True, nogil=True)
-        def kernel(data, offsets, ngram, a, b, out, high_is_word):  # pragma: no cover - compiled
+        def kernel(data, offsets, ngram, a, b, out, high_is_word, kept, kept_end):  # pragma: no cover
+            # kept (when it has room): every shingle's 64-bit hash, document d's ending at kept_end[d]
             P, Q = np.uint64(0x100000001B3), np.uint64(0x9E3779B97F4A7C15)
             ring = np.zeros(64, dtype=np.uint64)
+            keep = kept.size > 0
+            at = 0
             for d in range(offsets.size - 1):
                 count = 0  # tokens seen
                 h = np.uint64(0)
@@ -202,9 +205,17 @@ def _kernel():
                         count += 1
                         h, pw, in_tok = np.uint64(0), np.uint64(1), False
                         if count >= ngram:
-                            _shingle(ring, count - ngram, ngram, a, b, out, d, Q)
+                            g = _shingle(ring, count - ngram, ngram, a, b, out, d, Q)
+                            if keep:
+                                kept[at] = g
+                                at += 1
                 if 0 < count < ngram:  # a short document: one shingle of all its tokens
-                    _shingle(ring, 0, count, a, b, out, d, Q)
+                    g = _shingle(ring, 0, count, a, b, out, d, Q)
+                    if keep:
+                        kept[at] = g
+                        at += 1
+                if keep:
+                    kept_end[d] = at
 
         @numba.njit(cache=True, nogil=True, inline="always")
         def _shingle(ring, start, k, a, b, out, d, Q):  # pragma: no cover - compiled
@@ -226,12 +237,29 @@ def _kernel():
                 v = (np.uint64(a[p]) * hv + np.uint64(b[p])) & m
                 if v < out[d, p]:
                     out[d, p] = v
+            return g
 
-        _KERNEL = kernel
+        @numba.njit(cache=True, nogil=True)
+        def distinct(kept, kept_end, values, counts):  # pragma: no cover - compiled
+            # each document's shingle hashes sorted and distinct, top 32 bits (as shingle_hashes)
+            at, start = 0, 0
+            for d in range(kept_end.size):
+                mine = np.sort(kept[start:kept_end[d]])
+                for i in range(mine.size):
+                    if i == 0 or mine[i] != mine[i - 1]:
+                        values[at] = np.uint32(mine[i] >> np.uint64(32))
+                        at += 1
+                        counts[d] += 1
+                start = kept_end[d]
+
+        _KERNEL = kernel, distinct
     return _KERNEL
 
 
-def _signatures_fused(texts: list[str], num_perm: int, seed: int, tokenizer: Tokenizer, ngram: int) -> np.ndarray:
+def _signatures_fused(texts: list[str], num_perm: int, seed: int, tokenizer: Tokenizer, ngram: int,
+                      with_shingles: bool = False):
+    """Signatures; with_shingles: also every document's shingle_hashes, from the same pass,
+    as (values, counts): document i's are the counts[i] values after those of the ones before."""
     if ngram > 64:
         raise ValueError("ngram is at most 64 words")
     chunks = [_word_bytes(t, tokenizer) for t in texts]
@@ -239,8 +267,15 @@ def _signatures_fused(texts: list[str], num_perm: int, seed: int, tokenizer: Tok
     offsets = np.concatenate(([0], np.cumsum([len(c) for c in chunks]))).astype(np.int64)
     a, b = (x.astype(np.uint32) for x in permutations(num_perm, seed, 32))
     out = np.full((len(texts), num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
-    _kernel()(data, offsets, ngram, a, b, out, tokenizer == "word")
-    return out
+    kernel, distinct = _kernel()
+    kept = np.zeros(data.size + len(texts) if with_shingles else 0, np.uint64)  # >= one shingle per token
+    kept_end = np.zeros(len(texts) if with_shingles else 0, np.int64)
+    kernel(data, offsets, ngram, a, b, out, tokenizer == "word", kept, kept_end)
+    if not with_shingles:
+        return out
+    values, counts = np.zeros(kept.size, np.uint32), np.zeros(len(texts), np.int64)
+    distinct(kept, kept_end, values, counts)
+    return out, (values[:counts.sum()], counts)
 
 
 # -- LSH banding and verification --------------------------------------------------------
@@ -356,20 +391,27 @@ class DedupMinhash(NearDuplicates):
         return self.banding()[0]
 
     def signature_rows(self, table: pa.Table) -> pa.Table:
-        """Per non-empty document: its label, band hashes and shingle hashes (what the index keeps)."""
+        """Per non-empty document: its label, band hashes and shingle hashes (what the index keeps).
+        Built as Arrow lists from flat arrays: no Python list per document."""
         p = self.params
         bands, rows = self.banding()
         texts = [t or "" for t in table.column(p.text_column).to_pylist()]
-        bh = band_hashes(signatures(texts, p.num_perm, p.seed, p.tokenizer, p.ngram, p.bits), bands, rows)
-        shingle_sets = [shingle_hashes(t, p.tokenizer, p.ngram, p.bits) for t in texts]
-        labels = self.labels_of(table)
-        keep = [i for i, sh in enumerate(shingle_sets) if sh.size]  # an empty text has no near-duplicates
-        return pa.table({
-            "_sig": pa.array([labels[i] for i in keep], pa.string()),
-            "_bands": pa.array([bh[i].tolist() for i in keep], pa.list_(pa.uint64())),
-            "_shingles": pa.array([shingle_sets[i].tolist() for i in keep],
-                                  pa.list_(pa.uint64() if p.bits == 64 else pa.uint32())),
-        })
+        if p.tokenizer in ("word", "code") and p.bits == 32:  # shingles from the signatures' own pass
+            sigs, (values, counts) = _signatures_fused(texts, p.num_perm, p.seed, p.tokenizer, p.ngram,
+                                                       with_shingles=True)
+        else:
+            sigs = signatures(texts, p.num_perm, p.seed, p.tokenizer, p.ngram, p.bits)
+            shingle_sets = [shingle_hashes(t, p.tokenizer, p.ngram, p.bits) for t in texts]
+            counts = np.array([s.size for s in shingle_sets], np.int64)
+            values = np.concatenate(shingle_sets) if shingle_sets else np.zeros(0, np.uint32)
+        bh = band_hashes(sigs, bands, rows)
+        shingles = pa.ListArray.from_arrays(pa.array(np.concatenate(([0], np.cumsum(counts))).astype(np.int32)),
+                                            pa.array(values))
+        band_lists = pa.ListArray.from_arrays(pa.array(np.arange(0, (len(texts) + 1) * bands, bands, dtype=np.int32)),
+                                              pa.array(bh.reshape(-1)))
+        keep = pa.array(np.flatnonzero(counts))  # an empty text has no near-duplicates
+        return pa.table({"_sig": pa.array(self.labels_of(table), pa.string()).take(keep),
+                         "_bands": band_lists.take(keep), "_shingles": shingles.take(keep)})
 
     def find_edges(self, sigs: list, n: int, old: list = ()) -> list:
         # Candidates carry labels only; shingles join them by label, once per pair (not once per band).

@@ -28,6 +28,19 @@ def test_bit_for_bit_equal_to_datasketch(tokenizer, ngram, bits):
         np.testing.assert_array_equal(sig, m.hashvalues)
 
 
+@pytest.mark.parametrize("tokenizer,ngram", [("word", 5), ("code", 5), ("word", 1), ("code", 3)])
+def test_the_signature_pass_gives_the_same_shingle_sets(tokenizer, ngram):
+    """signature_rows takes each document's shingle hashes from the signatures' own pass:
+    they must be shingle_hashes' exactly (the index keeps them; a refresh compares with them)."""
+    from stages.dedup.minhash import _signatures_fused
+
+    sigs, (values, counts) = _signatures_fused(DOCS, 128, 7, tokenizer, ngram, with_shingles=True)
+    np.testing.assert_array_equal(sigs, signatures(DOCS, num_perm=128, seed=7, tokenizer=tokenizer, ngram=ngram))
+    ends = np.cumsum(counts)
+    for doc, end, count in zip(DOCS, ends, counts):
+        np.testing.assert_array_equal(values[end - count:end], shingle_hashes(doc, tokenizer, ngram))
+
+
 def test_shingling_rules():
     assert tokens("Hello, World! it's 2026") == ["hello", "world", "it", "s", "2026"]
     assert tokens("foo.bar(baz_1) + Qux", "code") == ["foo", "bar", "baz_1", "Qux"]
