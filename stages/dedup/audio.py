@@ -48,7 +48,7 @@ from pipeline.shuffle import hash_partition, map_tables
 
 from .keep import DedupParams
 from .minhash import _mix64
-from .near import NearDuplicates, among_earlier, by_column, meeting, verify_pairs
+from .near import NearDuplicates, among_earlier, by_column, each_pair, meeting, verify_pairs
 
 CHROMAPRINT_RATE = 11_025  # the rate Chromaprint works at
 SLOWDOWN = 3  # Chromaprint hears the audio this many times slower (see the module's docstring)
@@ -252,7 +252,7 @@ class DedupAudio(NearDuplicates):
         rows += meeting(rows, ["bucket"], map_tables(list(old), _bucket_rows), "bucket")
         pairs = hash_partition(rows, n, by_column("bucket", n, numeric=True),
                                lambda _, t: _pairs(t, p.max_bucket), fetch=False)
-        return verify_pairs(pairs, sigs + meeting(pairs, ["_a", "_b"], list(old), "_sig"), n, "_fp", self.near)
+        return verify_pairs(pairs, sigs + meeting(pairs, ["_a", "_b"], list(old), "_sig"), n, "_fp", each_pair(self.near))
 
     def near(self, a: dict, b: dict) -> bool:
         """Two fingerprints ({seconds, items}) are of near-duplicate recordings."""

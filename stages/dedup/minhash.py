@@ -321,6 +321,55 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return inter / (a.size + b.size - inter)
 
 
+def jaccard_at_least(threshold: float):
+    """verify_pairs' `similar` for shingle-hash lists: jaccard(a, b) >= threshold for every
+    pair at once, in one compiled loop over the flat values (the same intersection count as
+    jaccard's: equal neighbours in the merged order)."""
+    def similar(a: pa.Array, b: pa.Array) -> np.ndarray:
+        flat = [(pc.list_flatten(x).to_numpy(), np.concatenate(([0], np.cumsum(
+            pc.list_value_length(x).fill_null(0).to_numpy()))).astype(np.int64)) for x in (a, b)]
+        kind = np.uint64 if any(v.dtype == np.uint64 for v, _ in flat) else np.uint32
+        out = np.zeros(len(a), np.bool_)
+        _jaccard_kernel()(flat[0][0].astype(kind), flat[0][1], flat[1][0].astype(kind), flat[1][1], threshold, out)
+        return out
+    return similar
+
+
+_JACCARD = None
+
+
+def _jaccard_kernel():
+    global _JACCARD
+    if _JACCARD is None:
+        import numba
+
+        @numba.njit(cache=True, nogil=True)
+        def kernel(av, ao, bv, bo, threshold, out):  # pragma: no cover - compiled
+            for p in range(out.size):
+                i, ie, j, je = ao[p], ao[p + 1], bo[p], bo[p + 1]
+                size = (ie - i) + (je - j)
+                if size == 0:
+                    out[p] = 1.0 >= threshold
+                    continue
+                inter = 0
+                have = False
+                last = av[0] if ie > i else bv[j]
+                while i < ie or j < je:
+                    if j >= je or (i < ie and av[i] <= bv[j]):
+                        v = av[i]
+                        i += 1
+                    else:
+                        v = bv[j]
+                        j += 1
+                    if have and v == last:
+                        inter += 1
+                    last, have = v, True
+                out[p] = inter / (size - inter) >= threshold
+
+        _JACCARD = kernel
+    return _JACCARD
+
+
 # -- the stage ------------------------------------------------------------------------------
 
 # Each member of a bucket is paired with its first ANCHORS members only: a bucket of k
@@ -420,7 +469,7 @@ class DedupMinhash(NearDuplicates):
         pairs = hash_partition(rows, n, by_column("bucket", n, numeric=True), _candidates, fetch=False)
         threshold = self.params.threshold
         return verify_pairs(pairs, sigs + meeting(pairs, ["_a", "_b"], list(old), "_sig"), n, "_shingles",
-                            lambda a, b: jaccard(a, b) >= threshold)
+                            jaccard_at_least(threshold))
 
 
 def _band_rows(sig: pa.Table) -> pa.Table:

@@ -230,44 +230,50 @@ def among_earlier(a: str, b: str) -> bool:
 
 # -- verification of candidate pairs by a payload column -----------------------------------
 def verify_pairs(pairs: list, sigs: list, n: int, payload: str,
-                 similar: Callable[[np.ndarray, np.ndarray], bool]) -> list:
-    """Candidate pairs (`_a`, `_b`) whose signature rows' `payload` satisfy similar(a, b)
-    (a list column arrives as arrays, a struct column as dicts):
+                 similar: Callable[[pa.Array, pa.Array], np.ndarray]) -> list:
+    """Candidate pairs (`_a`, `_b`) whose signature rows' `payload` pass similar(a's, b's),
+    which takes the payloads of many pairs at once as two Arrow arrays (position i holds
+    pair i's) and returns a boolean mask (`each_pair` makes one of a function of two):
     edges both ways. Two joins by label, each a shuffle: the pair picks up a's payload
-    where a's signature row is, then meets b's."""
+    where a's signature row is, then meets b's. Payloads stay Arrow arrays throughout."""
     def attach(_: int, t: pa.Table) -> pa.Table:
         is_sig = pc.is_valid(t.column("_sig"))
         sig = t.filter(is_sig)
-        found = dict(zip(sig.column("_sig").to_pylist(), sig.column(payload).to_pylist()))
         # A pair found in several buckets arrives several times: kept once before payloads ride along.
         pairs = t.filter(pc.invert(is_sig)).select(["_a", "_b"]).group_by(["_a", "_b"]).aggregate([])
-        a, b = pairs.column("_a").to_pylist(), pairs.column("_b").to_pylist()
-        keep = [i for i, x in enumerate(a) if x in found]
-        return pa.table({"_a": pa.array([a[i] for i in keep], pa.string()),
-                         "_b": pa.array([b[i] for i in keep], pa.string()),
-                         "_pay": pa.array([found[a[i]] for i in keep], sig.schema.field(payload).type)})
+        at = pc.index_in(pairs.column("_a"), value_set=sig.column("_sig").combine_chunks())
+        found = pc.is_valid(at)
+        return pairs.filter(found).append_column("_pay", sig.column(payload).take(at.filter(found)))
 
     def verify(_: int, t: pa.Table) -> pa.Table:
         is_sig = pc.is_valid(t.column("_sig"))
         sig = t.filter(is_sig)
-        found = dict(zip(sig.column("_sig").to_pylist(), sig.column(payload).to_pylist()))
         pairs = t.filter(pc.invert(is_sig))
-        src, dst = [], []
-        for a, b, pay in zip(pairs.column("_a").to_pylist(), pairs.column("_b").to_pylist(),
-                             pairs.column("_pay").to_pylist()):
-            other = found.get(b)
-            if other is not None and similar(_value(pay), _value(other)):
-                src += [a, b]
-                dst += [b, a]
-        return edges_table(src, dst)
+        at = pc.index_in(pairs.column("_b"), value_set=sig.column("_sig").combine_chunks())
+        found = pc.is_valid(at)
+        pairs = pairs.filter(found)
+        if not pairs.num_rows:
+            return edges_table([], [])
+        ok = pa.array(similar(pairs.column("_pay").combine_chunks(),
+                              sig.column(payload).take(at.filter(found)).combine_chunks()), pa.bool_())
+        a, b = pairs.column("_a").filter(ok), pairs.column("_b").filter(ok)
+        return pa.table({"_node": pa.chunked_array(a.chunks + b.chunks, pa.string()),
+                         "_peer": pa.chunked_array(b.chunks + a.chunks, pa.string())})
 
     only = [_select.remote(s, ["_sig", payload]) for s in sigs]
     with_a = hash_partition(list(pairs) + only, n, label_of("_a", n), attach, fetch=False)
     return hash_partition(with_a + only, n, label_of("_b", n), verify, fetch=False)
 
 
+def each_pair(similar: Callable[[Any, Any], bool]) -> Callable[[pa.Array, pa.Array], np.ndarray]:
+    """verify_pairs' `similar` from a function of one pair's two payloads (a list arrives
+    as an array, a struct as its dict)."""
+    def all_pairs(a: pa.Array, b: pa.Array) -> np.ndarray:
+        return np.array([similar(_value(x), _value(y)) for x, y in zip(a.to_pylist(), b.to_pylist())], bool)
+    return all_pairs
+
+
 def _value(x: Any) -> Any:
-    """A payload for `similar`: a list as an array, a struct as its dict."""
     return x if isinstance(x, dict) else np.asarray(x)
 
 

@@ -38,7 +38,7 @@ from pipeline.shuffle import hash_partition, map_tables
 from stages.ingest.image import open_image
 
 from .keep import EARLIER, DedupParams
-from .minhash import _mix64, jaccard, shingle_hashes
+from .minhash import _mix64, jaccard_at_least, shingle_hashes
 from .near import NearDuplicates, by_column, edges_table, meeting, verify_pairs
 
 CROP_STEPS = (0.0, 0.05, 0.1)  # cut per side; the full image first
@@ -222,7 +222,7 @@ class DedupPhash(NearDuplicates):
         if p.key == "both":
             threshold = p.text_threshold
             return verify_pairs(pairs, sigs + meeting(pairs, ["_a", "_b"], list(old), "_sig"), n, "_caption",
-                                lambda a, b: jaccard(a, b) >= threshold)
+                                jaccard_at_least(threshold))
         return map_tables(pairs, _both_ways)
 
 

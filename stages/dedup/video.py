@@ -41,7 +41,7 @@ from pipeline.shuffle import hash_partition, map_tables
 from .audio import DedupAudio, _pairs
 from .keep import DedupParams
 from .minhash import _mix64
-from .near import NearDuplicates, by_column, meeting, verify_pairs
+from .near import NearDuplicates, by_column, each_pair, meeting, verify_pairs
 
 QUARTERS = 4  # 16-bit pieces of a 64-bit hash that a bucket keys on
 
@@ -104,7 +104,7 @@ class DedupVideo(NearDuplicates):
         rows += meeting(rows, ["bucket"], map_tables(list(old), _bucket_rows), "bucket")
         pairs = hash_partition(rows, n, by_column("bucket", n, numeric=True),
                                lambda _, t: _pairs(t, p.max_bucket), fetch=False)
-        return verify_pairs(pairs, sigs + meeting(pairs, ["_a", "_b"], list(old), "_sig"), n, "_fp", self.near)
+        return verify_pairs(pairs, sigs + meeting(pairs, ["_a", "_b"], list(old), "_sig"), n, "_fp", each_pair(self.near))
 
     def near(self, a: dict, b: dict) -> bool:
         p = self.params

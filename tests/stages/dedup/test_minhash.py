@@ -41,6 +41,26 @@ def test_the_signature_pass_gives_the_same_shingle_sets(tokenizer, ngram):
         np.testing.assert_array_equal(values[end - count:end], shingle_hashes(doc, tokenizer, ngram))
 
 
+def test_jaccard_of_many_pairs_at_once_equals_jaccard_of_each():
+    """verify_pairs' compiled Jaccard gives what `jaccard` gives, pair by pair, including
+    empty sets, equal sets, and the rare repeated 32-bit value."""
+    import pyarrow as pa
+
+    from stages.dedup.minhash import jaccard, jaccard_at_least
+
+    rng = np.random.default_rng(3)
+    sets = [np.array([], np.uint32), np.array([5, 5], np.uint32), np.array([5], np.uint32)]
+    sets += [np.unique(rng.integers(0, 60, rng.integers(1, 40))).astype(np.uint32) for _ in range(60)]
+    pairs = [(i, j) for i in range(len(sets)) for j in range(len(sets))]
+    a = pa.array([sets[i] for i, _ in pairs], pa.list_(pa.uint32()))
+    b = pa.array([sets[j] for _, j in pairs], pa.list_(pa.uint32()))
+    for threshold in (0.3, 0.5, 0.8):
+        expected = [jaccard(sets[i], sets[j]) >= threshold for i, j in pairs]
+        assert jaccard_at_least(threshold)(a, b).tolist() == expected
+    wide = pa.array([s.astype(np.uint64) << np.uint64(32) for s in sets[3:6]], pa.list_(pa.uint64()))
+    assert jaccard_at_least(0.5)(wide, wide).tolist() == [True, True, True]
+
+
 def test_shingling_rules():
     assert tokens("Hello, World! it's 2026") == ["hello", "world", "it", "s", "2026"]
     assert tokens("foo.bar(baz_1) + Qux", "code") == ["foo", "bar", "baz_1", "Qux"]
