@@ -47,6 +47,7 @@ bench: setup
 	$(PY) bench/bench_download.py
 	$(PY) bench/bench_minhash.py
 	$(PY) bench/bench_dedup.py
+	$(PY) bench/bench_dedup_vs_datasketch.py
 	$(PY) bench/bench_phash.py
 	$(PY) bench/bench_clip.py
 	$(PY) bench/bench_audio.py

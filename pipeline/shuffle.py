@@ -142,18 +142,23 @@ def apply_by_part(parts: list[str], decisions: list, apply: Callable[[pa.Table],
 
 
 def map_tables(parts: list, fn: Callable[[pa.Table], pa.Table], num_cpus: float = 1.0,
-               columns: list[str] | None = None, streams: list[str] = ()) -> list:
+               columns: list[str] | None = None, streams: list[str] = (), together: int = 1) -> list:
     """fn over every part (a parquet URI or a table reference) as Ray tasks; references back.
     With `columns`, only those are read, and media references among them arrive as bytes,
-    but for those in `streams` (fn opens them itself: pipeline.media.local_path)."""
+    but for those in `streams` (fn opens them itself: pipeline.media.local_path).
+    together > 1: each task takes that many parts one after the other and returns their
+    results as one table (fewer, larger tasks and objects for many small parts)."""
     import ray
 
-    def run(source):
-        table = read_columns(source, columns)
-        return fn(media.resolve(table, [c for c in columns if c not in streams]) if columns else table)
+    def run(*sources):
+        out = []
+        for source in sources:
+            table = read_columns(source, columns)
+            out.append(fn(media.resolve(table, [c for c in columns if c not in streams]) if columns else table))
+        return out[0] if len(out) == 1 else pa.concat_tables(out, promote_options="permissive")
 
     task = ray.remote(run)
-    return [task.options(num_cpus=num_cpus).remote(p) for p in parts]
+    return [task.options(num_cpus=num_cpus).remote(*parts[i:i + together]) for i in range(0, len(parts), together)]
 
 
 def partition_of(keys: pa.Array | pa.ChunkedArray, n: int) -> np.ndarray:

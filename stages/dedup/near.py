@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 
 from pipeline import fs, ledger
 from pipeline.shuffle import (
+    MAP_TASKS,
     PART,
     apply_by_part,
     hash_partition,
@@ -138,7 +139,7 @@ class NearDuplicates(Stage):
         ctx.phase(f"signatures of {ctx.upstream_kept} samples, candidate pairs by bucket, exact verification "
                   f"({n} partitions)")
         sigs = map_tables(ctx.parts, self.signature_rows, columns=list(dict.fromkeys(ranked + self.payload_columns())),
-                          streams=self.streams())
+                          streams=self.streams(), together=max(1, len(ctx.parts) // MAP_TASKS))
         edges = self.find_edges(sigs, n, map_tables(index_parts, self._relabel))
         settled, rounds = components(edges, n, phase=ctx.phase)
         ctx.phase(f"connected components settled in {rounds} rounds")
