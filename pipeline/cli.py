@@ -323,13 +323,14 @@ def main(argv: list[str] | None = None) -> int:
     from .lock import RunLocked
     from .rundir import SegmentMismatch
     from .runner import NotEnoughResources
+    from .stage import StageSetupFailed
     from .watchdog import SegmentStalled
 
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
     except (JobError, OSError, ValueError, RunLocked, NotEnoughResources, SegmentStalled,
-            SegmentMismatch) as e:  # SourceError is a ValueError
+            SegmentMismatch, StageSetupFailed) as e:  # SourceError is a ValueError
         if os.environ.get("MMCURATE_DEBUG"):
             raise
         print(f"mmcurate: error: {e}", file=sys.stderr)

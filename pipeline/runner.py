@@ -34,7 +34,7 @@ from .job import Job
 from .lock import RunLock
 from .rundir import RunDir, SegmentFiles
 from .job import JobError, check_chain
-from .stage import Column, PrepareStep, Stage, code_digest, drop_temporary
+from .stage import Column, PrepareStep, Stage, StageSetupFailed, code_digest, drop_temporary
 from .progress import Progress
 from .watchdog import Watchdog, stalled, wait
 
@@ -202,6 +202,21 @@ BORN = "__tmp_born"  # 1 on a child made in this segment (the ledger's balance c
 WRITTEN = "__tmp_media_written"  # media bytes a batch wrote to the store (on one row of it)
 
 
+def _setup_failed(error: BaseException, segment: str) -> StageSetupFailed | None:
+    """The StageSetupFailed behind an error from Ray, if any. An actor whose constructor
+    raised comes back as ActorDiedError, which keeps only the traceback's text."""
+    mark = f"{StageSetupFailed.__name__}: "
+    for _ in range(20):
+        if error is None:
+            return None
+        text = str(error)
+        if isinstance(error, StageSetupFailed) or mark in text:
+            said = text.rsplit(mark, 1)[-1].splitlines()[0] if mark in text else text
+            return StageSetupFailed(f"segment {segment}: {said}")
+        error = getattr(error, "cause", None) or error.__cause__ or error.__context__
+    return None
+
+
 class StageCall:
     """Applies one row-wise stage to a batch.
 
@@ -222,7 +237,11 @@ class StageCall:
     def _ready_stage(self) -> Stage:
         stage = _WORKER_STAGES.get(self.key)
         if stage is None:
-            self.stage.ensure_setup()
+            try:
+                self.stage.ensure_setup()
+            except Exception as e:  # noqa: BLE001 - said once, plainly, by the driver (Runner._run_watched)
+                raise StageSetupFailed(f"{self.stage.name} could not start on a worker: {type(e).__name__}: "
+                                       f"{ledger.without_bytes(str(e))}") from None
             stage = _WORKER_STAGES[self.key] = self.stage
         return stage
 
@@ -600,7 +619,7 @@ class Runner:
                           "Is a stage stuck, or are the cluster's CPUs/GPUs taken by other work?"):
                 return self._run_segment(seg, fingerprint, upstream, why)
         except BaseException as e:
-            cause = stalled(e) if isinstance(e, Exception) else None
+            cause = (stalled(e) or _setup_failed(e, seg.name)) if isinstance(e, Exception) else None
             error = cause or e
             try:  # for `mmcurate status`: which segment failed, and how
                 fs.write_bytes(failed, json.dumps({"error": f"{type(error).__name__}: {str(error)[:2000]}"}).encode())

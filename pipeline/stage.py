@@ -25,6 +25,11 @@ class SourceError(ValueError):
     """A source that cannot be used at all (wrong columns, nothing there): a user error."""
 
 
+class StageSetupFailed(RuntimeError):
+    """A stage could not get ready on a worker (its model did not load, no GPU where it
+    asked for one): no row can pass it, so the job stops with this message."""
+
+
 class Params(BaseModel):
     """Base of every stage's parameters: unknown keys are errors."""
 

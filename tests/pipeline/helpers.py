@@ -108,6 +108,15 @@ class WorkerTag(Stage):
                 .append_column("setups", pa.array([self.setups] * batch.num_rows, pa.int64())))
 
 
+class NoModel(WorkerTag):
+    """A stateful stage whose setup fails, as a model that cannot load does."""
+
+    name = "test_no_model"
+
+    def setup(self) -> None:
+        raise OSError("weights file /models/x.safetensors is truncated")
+
+
 class Duplicate(Stage):
     """Breaks the row-wise contract: returns its first row twice."""
 

@@ -195,6 +195,21 @@ def test_stateful_stage_runs_as_an_actor_pool(ray_session, tmp_path):
     assert set(kept.column("setups").to_pylist()) == {1}  # setup() once per actor
 
 
+def test_a_stage_that_cannot_start_stops_the_job_with_one_clear_error(ray_session, tmp_path):
+    """A model that does not load fails in the actor's constructor; the driver says which
+    stage, in which segment, and why, and the CLI turns it into `mmcurate: error:`."""
+    from pipeline.stage import StageSetupFailed
+    from pipeline.table import IngestTable
+    from tests.pipeline.helpers import NoModel
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"n": i}) + "\n" for i in range(20)))
+    with pytest.raises(StageSetupFailed) as e:
+        Runner(make_job(IngestTable(source=str(rows)), NoModel()), str(tmp_path / "run"), log=lambda *a: None).run()
+    assert str(e.value) == ("segment 01-test_no_model: test_no_model could not start on a worker: OSError: "
+                            "weights file /models/x.safetensors is truncated")
+
+
 def test_cli_joins_an_existing_cluster(ray_session, demo_data, tmp_path):
     """--ray-address: a separate process runs its job on this test's Ray cluster."""
     address = ray_session.get_runtime_context().gcs_address
