@@ -91,7 +91,8 @@ class _TarStream:
     """A tar archive written member by member: the members are gathered into chunks of
     about CHUNK bytes, and one background thread hashes and writes each chunk in order
     (hashlib and file writes let go of the GIL), while the caller reads the next media and
-    builds the next records. At most two chunks are held at once."""
+    builds the next records. At most two chunks are held at once. As a context manager it
+    ends the archive on success and, either way, leaves no write in flight behind it."""
 
     CHUNK = 4 << 20
 
@@ -124,7 +125,16 @@ class _TarStream:
             self._add(tarfile.NUL * (tarfile.RECORDSIZE - self.size % tarfile.RECORDSIZE))
         self._flush()
         self.pending.result()
-        self.pool.shutdown()
+
+    def __enter__(self) -> "_TarStream":
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        try:
+            if kind is None:
+                self.close()
+        finally:
+            self.pool.shutdown(wait=True)  # the output stream closes after this
 
     def _add(self, b: bytes) -> None:
         self.pieces.append(b)
@@ -204,8 +214,7 @@ class _ShardWriter:
         counts: dict[str, int] = {}
         # to_numpy keeps each embedding's dtype (float16 stays float16); to_pylist would not.
         vectors = {c: group.column(c).combine_chunks().to_numpy(zero_copy_only=False) for c in embeddings}
-        with filesystem.open_output_stream(path, buffer_size=0) as raw:
-            sink = _TarStream(raw)
+        with filesystem.open_output_stream(path, buffer_size=0) as raw, _TarStream(raw) as sink:
             for i, row in enumerate(group.drop_columns(embeddings).to_pylist()):
                 key = row["sample_id"]
                 if not SAFE_ID.fullmatch(key):  # listing makes every id safe; never write a path as a name
@@ -225,7 +234,6 @@ class _ShardWriter:
                     if vectors[col][i] is not None:
                         sink.member(f"{key}.{col}.npy", _npy(vectors[col][i]))
                         counts[f"{col}.npy"] = counts.get(f"{col}.npy", 0) + 1
-            sink.close()
         index = group.select(scalars + texts + embeddings)
         index = index.add_column(0, "__key__", group.column("sample_id"))
         fs.write_parquet(base + ".parquet", index)

@@ -132,11 +132,9 @@ def test_the_tar_stream_writes_what_tarfile_reads_and_hashes_what_it_wrote(tmp_p
     big = np.random.default_rng(0).integers(0, 256, _TarStream.CHUNK * 2 + 7, dtype=np.uint8).tobytes()
     given = {"a.jpg": b"x" * 1000, "b" * 150 + ".txt": "long name é".encode(), "c.bin": big, "d.json": b""}
     path = tmp_path / "s.tar"
-    with open(path, "wb") as f:
-        stream = _TarStream(f)
+    with open(path, "wb") as f, _TarStream(f) as stream:
         for name, data in given.items():
             stream.member(name, data)
-        stream.close()
     raw = path.read_bytes()
     assert stream.size == len(raw) and stream.sha.hexdigest() == hashlib.sha256(raw).hexdigest()
     assert len(raw) % tarfile.RECORDSIZE == 0
