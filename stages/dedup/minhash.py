@@ -330,7 +330,8 @@ def jaccard_at_least(threshold: float):
             pc.list_value_length(x).fill_null(0).to_numpy()))).astype(np.int64)) for x in (a, b)]
         kind = np.uint64 if any(v.dtype == np.uint64 for v, _ in flat) else np.uint32
         out = np.zeros(len(a), np.bool_)
-        _jaccard_kernel()(flat[0][0].astype(kind), flat[0][1], flat[1][0].astype(kind), flat[1][1], threshold, out)
+        (av, ao), (bv, bo) = flat
+        _jaccard_kernel()(av.astype(kind, copy=False), ao, bv.astype(kind, copy=False), bo, threshold, out)
         return out
     return similar
 
