@@ -42,7 +42,9 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q tests
 
+# every bench prints its own figures; the last step prints one table of them all against their goals
 bench: setup
+	$(PY) bench/goals.py --clear
 	$(PY) bench/bench_ingest.py
 	$(PY) bench/bench_download.py
 	$(PY) bench/bench_minhash.py
@@ -58,6 +60,10 @@ bench: setup
 	$(PY) bench/bench_code.py
 	$(PY) bench/bench_code_dedup.py
 	$(PY) bench/bench_code_secrets.py
+	$(PY) bench/bench_dedup_scale.py --docs 200000 --docs 1000000
+	$(PY) bench/bench_refresh.py --texts 100000
+	$(PY) bench/bench_refresh.py --images 4000
+	$(PY) bench/goals.py
 	$(PY) bench/bench_refresh.py --texts 100000
 
 clean:

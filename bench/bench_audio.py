@@ -28,6 +28,8 @@ import time
 import numpy as np
 import soundfile as sf
 
+from goals import record
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
@@ -103,6 +105,9 @@ def bench_ingest(files: int, seconds: float) -> None:
     print(f"   bare soundfile.read + soxr.resample + soundfile.write: {audio_seconds / b:7.0f} audio s/s")
     print(f"   ingest_audio (probe, blocks, mix, soxr, metrics, FLAC, hashes): {audio_seconds / s:7.0f} audio s/s")
     print(f"   ratio {b / s:.2f}x (goal >= 0.8)")
+    record("audio", "ingest_audio, one core", f"{audio_seconds / s:.0f} audio s/s",
+           baseline=f"soundfile + soxr loop {audio_seconds / b:.0f} audio s/s", ratio=b / s, goal=">= 0.8",
+           met=b / s >= 0.8)
 
 
 def bench_clap(windows: int) -> None:

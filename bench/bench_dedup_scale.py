@@ -23,6 +23,7 @@ import threading
 import time
 
 import numpy as np
+from goals import record
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -86,6 +87,14 @@ class WorkerPeak(threading.Thread):
             time.sleep(0.2)
 
 
+def spilled_mib() -> float:
+    """What Ray's object store has spilled to disk so far in this session, in MiB (its own count)."""
+    from ray._private.internal_api import memory_summary
+
+    found = re.search(r"Spilled (\d+) MiB", memory_summary(stats_only=True))
+    return float(found.group(1)) if found else 0.0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--docs", type=int, action="append")
@@ -115,7 +124,14 @@ def main() -> None:
         driver = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
         print(f"{n} docs (built in {made:.0f}s): {seconds:.0f}s, {n / seconds:.0f} docs/s on 2 CPUs; removed "
               f"{0 if removed is None else removed.num_rows}; peak RSS driver {driver} MiB; largest worker: "
-              f"private {peak.private} MiB, max RSS with mapped objects {peak.peak} MiB", flush=True)
+              f"private {peak.private} MiB, max RSS with mapped objects {peak.peak} MiB; spilled to disk "
+              f"{spilled_mib():.0f} MiB", flush=True)
+        # issue 18's goals at 1M: <= 300 s, driver <= 1 GB, largest worker <= 2 GB, no spill
+        goal = n >= 1_000_000
+        record("dedup_scale", f"dedup_minhash, {n:,} docs, `mmcurate stage`", f"{seconds:.0f} s, {n / seconds:,.0f} "
+               f"docs/s; driver {driver:,} MiB, worker {peak.private:,} MiB, spilled {spilled_mib():.0f} MiB",
+               goal="<= 300 s, driver <= 1 GiB, worker <= 2 GiB, no spill" if goal else "",
+               met=(seconds <= 300 and driver <= 1024 and peak.private <= 2048 and spilled_mib() == 0) if goal else None)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ import subprocess
 import sys
 import time
 
+from goals import record
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
@@ -118,6 +120,12 @@ def main() -> None:
         print(f"| {n:,} | {ds_s:.1f} s, {n / ds_s:,.0f} docs/s, {ds_mb:,} MiB; removed {len(removed_ds):,} | "
               f"{mm_s:.1f} s, {n / mm_s:,.0f} docs/s, driver {mm_mb:,} MiB; removed {len(removed_mm):,} | "
               f"{ds_s / mm_s:.2f} | {same} |", flush=True)
+        # the goals of issue 18: >= 3x datasketch's rate at scale; within 1.5x of the script when start-up dominates
+        small = n < 10_000
+        record("dedup_vs_datasketch", f"dedup_minhash, {n:,} docs, whole command",
+               f"{mm_s:.1f} s, {n / mm_s:,.0f} docs/s, driver {mm_mb:,} MiB",
+               baseline=f"datasketch {ds_s:.1f} s, {n / ds_s:,.0f} docs/s, {ds_mb:,} MiB", ratio=ds_s / mm_s,
+               goal=">= 0.67 (within 1.5x)" if small else ">= 3", met=ds_s / mm_s >= (1 / 1.5 if small else 3))
 
 
 if __name__ == "__main__":

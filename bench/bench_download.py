@@ -19,6 +19,8 @@ import sys
 import time
 import urllib.request
 
+from goals import record
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
@@ -64,6 +66,8 @@ def main() -> None:
         print(f"1. downloader: {rate:.0f} downloads/s ({ok}/{a.urls} ok, {mb / ours:.0f} MB/s; concurrency "
               f"{a.concurrency}, {a.per_host} per host) vs sequential loop {seq_rate:.0f} downloads/s "
               f"(over the first {n_seq}): ratio {rate / seq_rate:.1f}")
+        record("download", f"downloader, {a.hosts} hosts, {a.latency * 1000:.0f} ms latency", f"{rate:.0f} downloads/s",
+               baseline=f"sequential urllib loop {seq_rate:.0f}/s", ratio=rate / seq_rate)
 
         manifest = os.path.join(HERE, "_data", "urls.jsonl")
         with open(manifest, "w") as f:

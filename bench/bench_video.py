@@ -32,6 +32,8 @@ import sys
 import tempfile
 import time
 
+from goals import record
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
@@ -110,6 +112,9 @@ def extraction(work: str, n: int, seconds: float) -> None:
         print(f"clip_video {'exact' if exact else 'copy '}: {len(clips)} clips ({kinds}), "
               f"{total / ours:8.1f} video s/s; bare ffmpeg, same cuts: {total / bare:8.1f} video s/s; "
               f"ratio {bare / ours:.2f}x")
+        record("video", f"clip_video, {'exact re-encode' if exact else 'stream copy'}, one core",
+               f"{total / ours:.1f} video s/s", baseline=f"bare ffmpeg, same cuts {total / bare:.1f} video s/s",
+               ratio=bare / ours, goal=">= 0.8", met=bare / ours >= 0.8)
         if not exact:
             copy_clips = clips
     # keyframe decoding over the stream-copied clips
@@ -129,6 +134,8 @@ def extraction(work: str, n: int, seconds: float) -> None:
     print(f"measure_video (strip of 8, hashes at {measure.params.hash_fps:g}/s, motion at "
           f"{measure.params.motion_fps:g}/s): {clip_seconds / ours:8.1f} video s/s; "
           f"bare ffmpeg decode to 64x64 gray: {clip_seconds / bare:8.1f} video s/s; ratio {bare / ours:.2f}x")
+    record("video", "measure_video, one core", f"{clip_seconds / ours:.1f} video s/s",
+           baseline=f"bare ffmpeg decode {clip_seconds / bare:.1f} video s/s", ratio=bare / ours)
     from stages.ingest.video import Deadline
     from stages.segment.video import scene_cuts
 

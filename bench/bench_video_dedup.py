@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from goals import record
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
@@ -168,6 +170,9 @@ def main() -> None:
           f"{len(prints) * args.seconds / hashed:.0f} video s/s")
     print(f"dedup_video (max_mean_distance {p.max_mean_distance:g}, min_overlap {p.min_overlap}): "
           f"recall {tp / n_true:.3f}, precision {tp / max(1, tp + fp):.3f} ({fp} false pairs)")
+    record("video_dedup", "dedup_video on generated variants", f"recall {tp / n_true:.3f}, precision "
+           f"{tp / max(1, tp + fp):.3f}", goal="recall >= 0.95 at precision >= 0.99",
+           met=tp / n_true >= 0.95 and tp / max(1, tp + fp) >= 0.99)
     print(f"candidate buckets: {true_candidates}/{n_true} true pairs share one; {candidates} of {len(pairs)} pairs "
           f"({candidates / len(pairs):.1%}) are verified")
     true_d = sorted(distance[k] for k in pairs if family[k[0]] == family[k[1]])
