@@ -39,6 +39,14 @@ from .progress import Progress
 from .watchdog import Watchdog, stalled, wait
 
 LISTING_ROWS_PER_PART = 256  # small parts = enough blocks to keep every worker busy
+# Parts grow with the listing (a 64th of what came before, at most this many rows): a
+# million rows make ~330 parts, not 3,900 whose every read and write costs the same.
+LISTING_ROWS_PER_PART_MAX = 16_384
+
+
+def part_rows(listed: int) -> int:
+    """Rows of the next listing part, when `listed` rows came before it."""
+    return min(LISTING_ROWS_PER_PART_MAX, max(LISTING_ROWS_PER_PART, listed // 64))
 STORAGE_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
 IO_CPUS = 0.25  # CPU share of the tasks that only read parts or write a segment's files
 
@@ -663,17 +671,19 @@ class Runner:
             return ledger.stamp_stage(table, stage.name)
 
         pending: list[pa.Table] = []
-        n_pending = 0
+        n_pending = listed = 0
         for batch in stage.list_inputs(limit=self.limit):
             if self.inputs_filter is not None:
                 batch = self.inputs_filter(batch)
             pending.append(batch)
             n_pending += batch.num_rows
             bar.update(batch.num_rows)
-            while n_pending >= LISTING_ROWS_PER_PART:
+            while n_pending >= part_rows(listed):
+                size = part_rows(listed)
                 table = pa.concat_tables(pending, promote_options="permissive")
-                yield ready([table.slice(0, LISTING_ROWS_PER_PART)])
-                rest = table.slice(LISTING_ROWS_PER_PART)
+                yield ready([table.slice(0, size)])
+                listed += size
+                rest = table.slice(size)
                 pending, n_pending = [rest], rest.num_rows
         if n_pending:
             yield ready(pending)

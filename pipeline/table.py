@@ -33,6 +33,25 @@ TABLES = (".parquet", ".jsonl", ".json", ".csv")
 EXTENSION = re.compile(r"[a-z0-9]{1,16}")  # a member extension from the data: no dots, slashes or json
 
 
+def json_lines(f) -> Iterator[pa.Table]:
+    """JSON lines in blocks of whole lines, each parsed on its own with the first block's
+    column types. Arrow's streaming reader kept more of the file the longer it was (peak
+    0.9 GB for 1 GB, 0.6 GB for 200 MB); this stays at about 0.5 GB for any size."""
+    schema, tail = None, b""
+    while True:
+        data = f.read(STREAM_BLOCK)
+        buf = tail + data
+        cut = buf.rfind(b"\n") + 1 if data else len(buf)
+        block, tail = buf[:cut], buf[cut:]
+        if block.strip():
+            parse = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer") if schema else None
+            table = pajson.read_json(pa.BufferReader(block), parse_options=parse)
+            schema = schema or table.schema
+            yield table
+        if not data:
+            return
+
+
 def reserved(name: str) -> bool:
     """Column names the engine uses for itself; an input's own are renamed src_..."""
     return name in ("reject", "parent_id") or name.startswith("_")
@@ -130,8 +149,8 @@ class IngestTable(Stage):
             # are inferred from the first block, 64 MB of rows.
             elif low.endswith((".jsonl", ".json")):
                 with filesystem.open_input_stream(path) as f:
-                    for batch in pajson.open_json(f, read_options=pajson.ReadOptions(block_size=STREAM_BLOCK)):
-                        yield from pa.Table.from_batches([batch]).to_batches(BATCH_ROWS)
+                    for table in json_lines(f):
+                        yield from table.to_batches(BATCH_ROWS)
             elif low.endswith(".csv"):
                 with filesystem.open_input_stream(path) as f:
                     for batch in pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=STREAM_BLOCK)):
