@@ -104,8 +104,12 @@ def connect_ray(address: str | None = None, num_cpus: int | None = None, object_
         return
     # Short path: Ray's socket names must fit in 107 bytes.
     tmp = tempfile.mkdtemp(prefix="mmcurate-ray-", dir=os.environ.get("MMCURATE_RAY_TMPDIR", "/tmp"))
+    # Task results under 100 KB normally live in the driver's own memory, kept with the
+    # lineage of every shuffle round: 1.3 GB more driver at a million rows. In the object
+    # store instead the driver stays flat (a 7% slower run at 200,000 rows).
     ray.init(num_cpus=num_cpus, _temp_dir=tmp, object_store_memory=object_store_mb << 20,
-             include_dashboard=False, configure_logging=True, logging_level="WARNING", runtime_env=runtime_env)
+             include_dashboard=False, configure_logging=True, logging_level="WARNING", runtime_env=runtime_env,
+             _system_config={"max_direct_call_object_size": 1024})
     quiet_ray()
 
     def _stop() -> None:
