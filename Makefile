@@ -63,6 +63,7 @@ bench: setup
 	$(PY) bench/bench_dedup_scale.py --docs 200000 --docs 1000000
 	$(PY) bench/bench_refresh.py --texts 100000
 	$(PY) bench/bench_refresh.py --images 4000
+	$(PY) bench/bench_semantic_dedup.py
 	$(PY) bench/goals.py
 	$(PY) bench/bench_refresh.py --texts 100000
 

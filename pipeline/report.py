@@ -17,12 +17,15 @@ import json
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import fs, media
 from .rundir import RunDir
 from .stage import Column, Stage
 
 PREVIEWS_KEPT, PREVIEWS_PER_REASON = 24, 8
+PAIRS_PER_STAGE = 6  # removed duplicates shown beside their survivors, per dedup stage
 
 
 def _last_data_segment(rd: RunDir) -> str | None:
@@ -127,7 +130,8 @@ def build(run_dir: str) -> dict[str, Any]:
     text = next((n for n, c in declared.items() if c.kind == "text"), None)
     report: dict[str, Any] = {"job": summary.get("job"), "inputs": summary.get("inputs"), "kept": summary.get("kept"),
                               "rejected": summary.get("rejected"), "funnel": [], "metrics": {}, "sections": [],
-                              "notes": [note] if note else [], "previews": {"kept": [], "rejected": {}}}
+                              "notes": [note] if note else [], "previews": {"kept": [], "rejected": {}},
+                              "pairs": {}}
     for seg in summary.get("segments", []):
         report["funnel"].append({"segment": seg["segment"], "in": seg["in"], "kept": seg["kept"],
                                  "rejected": seg.get("rejected", {}), "expanded": seg.get("expanded", 0)})
@@ -146,17 +150,42 @@ def build(run_dir: str) -> dict[str, Any]:
                                                **_preview(*_shown(shown_all, row))})
     for stage in stages:  # two model stages warn of the same random weights once
         report["sections"] += [x for x in stage.report_sections(rd.root, kept) if x not in report["sections"]]
+    cols = ["sample_id", "reject_stage", "reject_reason", "reject_detail", *([text] if text else []),
+            *(c.name for c in shown_all)]
     for d in rd.reject_dirs():
-        cols = ["sample_id", "reject_stage", "reject_reason", "reject_detail", *([text] if text else []),
-                *(c.name for c in shown_all)]
-        rejects = fs.read_parquet_dir(d, cols)
+        rejects = fs.read_parquet_dir(d, cols + ["duplicate_of"])
         for row in (rejects.to_pylist() if rejects is not None else []):
             key = f"{row['reject_stage']}: {row['reject_reason']}"
             items = report["previews"]["rejected"].setdefault(key, [])
             if len(items) < PREVIEWS_PER_REASON:
                 items.append({"sample_id": row["sample_id"], "text": row.get(text), "detail": row["reject_detail"],
                               **_preview(*_shown(shown_all, row))})
+        if rejects is not None and "duplicate_of" in rejects.column_names:
+            pairs = _pairs(rejects, fs.join(rd.stages, d.rstrip("/").rsplit("/", 1)[1]), cols, text, shown_all)
+            if pairs:
+                report["pairs"][pairs[0][0]["stage"]] = pairs
     return report
+
+
+def _pairs(rejects, kept_dir: str, columns: list[str], text: str | None, shown: list[Column]) -> list:
+    """A few removed duplicates and their survivors, as the dedup stage's own output has them
+    (a survivor from an earlier run's index is named, not shown)."""
+    removed = rejects.filter(pc.is_valid(rejects.column("duplicate_of"))).slice(0, PAIRS_PER_STAGE).to_pylist()
+    if not removed:
+        return []
+    wanted = {r["duplicate_of"] for r in removed}
+    kept = fs.read_parquet_dir(kept_dir, [c for c in columns if not c.startswith("reject_")])
+    found = {} if kept is None else {r["sample_id"]: r for r in kept.filter(
+        pc.is_in(kept.column("sample_id"), pa.array(sorted(wanted), pa.string()))).to_pylist()}
+    out = []
+    for r in removed:
+        survivor = found.get(r["duplicate_of"])
+        out.append(({"stage": r["reject_stage"], "sample_id": r["sample_id"], "detail": r["reject_detail"],
+                     "text": r.get(text), **_preview(*_shown(shown, r))},
+                    {"sample_id": r["duplicate_of"], "text": (survivor or {}).get(text),
+                     "detail": "kept" if survivor else f"kept earlier: {r['duplicate_of']}",
+                     **(_preview(*_shown(shown, survivor)) if survivor else {})}))
+    return out
 
 
 # -- HTML -----------------------------------------------------------------------------------
@@ -229,6 +258,12 @@ def render(report: dict[str, Any]) -> str:
             parts.append(f"<h2>{e(section['title'])}</h2>{section['html']}")
     if report["previews"]["kept"]:
         parts.append(f"<h2>Kept (first {len(report['previews']['kept'])})</h2>" + _cards(report["previews"]["kept"]))
+    for stage, pairs in report["pairs"].items():
+        parts.append(f"<h2>Duplicates beside their survivors: {e(stage)}</h2><table class='pairs'>"
+                     "<tr><th>removed</th><th>survivor</th></tr>")
+        for removed, survivor in pairs:
+            parts.append(f"<tr><td>{_cards([removed], detail=True)}</td><td>{_cards([survivor], detail=True)}</td></tr>")
+        parts.append("</table>")
     for reason, items in sorted(report["previews"]["rejected"].items()):
         parts.append(f"<h2>Rejected: {e(reason)}</h2>" + _cards(items, detail=True))
     parts.append("</body></html>")
@@ -240,6 +275,7 @@ def write(run_dir: str) -> str:
     out = fs.join(RunDir(run_dir).root, "report")
     fs.makedirs(out)
     slim = {**report, "sections": [{k: v for k, v in sec.items() if k != "html"} for sec in report["sections"]],
+            "pairs": {k: [[a["sample_id"], b["sample_id"]] for a, b in v] for k, v in report["pairs"].items()},
             "previews": {"kept": len(report["previews"]["kept"]),
                          "rejected": {k: len(v) for k, v in report["previews"]["rejected"].items()}}}
     fs.write_bytes(fs.join(out, "report.json"), json.dumps(slim, indent=1, default=str).encode())
