@@ -65,7 +65,6 @@ bench: setup
 	$(PY) bench/bench_refresh.py --images 4000
 	$(PY) bench/bench_semantic_dedup.py
 	$(PY) bench/goals.py
-	$(PY) bench/bench_refresh.py --texts 100000
 
 clean:
 	rm -rf runs .venv .venv-pillow bench/_data

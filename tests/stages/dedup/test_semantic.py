@@ -55,15 +55,19 @@ def _truth(rows: dict[str, np.ndarray], threshold: float) -> dict[str, str]:
     return {names[i]: names[r] for i, r in enumerate(roots) if r != i}
 
 
-def _write(path: str, rows: dict[str, np.ndarray], kind=pa.float16(), extra: dict | None = None) -> str:
+def _write(path: str, rows: dict[str, np.ndarray], kind=pa.float16(), extra: dict | None = None,
+           column: str = "emb") -> str:
     vectors = [v.astype(np.float64).tolist() for v in rows.values()]
-    table = pa.table({"name": list(rows), "emb": pa.array(vectors, pa.list_(kind)), **(extra or {})})
+    table = pa.table({"name": list(rows), column: pa.array(vectors, pa.list_(kind)), **(extra or {})})
     pq.write_table(table, path)
     return path
 
 
-def _run(src: str, out: str, *sets: str, against: str | None = None) -> dict[str, tuple[str, str]]:
-    args = ["stage", "dedup_semantic", "--input", src, "--output", out, "--set", "embedding_column=emb"]
+def _run(src: str, out: str, *sets: str, against: str | None = None, column: str | None = "emb"
+         ) -> dict[str, tuple[str, str]]:
+    args = ["stage", "dedup_semantic", "--input", src, "--output", out]
+    if column:
+        args += ["--set", f"embedding_column={column}"]
     for s in sets:
         args += ["--set", s]
     if against:
@@ -181,9 +185,14 @@ def test_keep_rule_and_each_embedding_column_kind(ray_session, tmp_path):
     rows = _corpus(seed=5, n=120)
     quality = pa.array([float(i % 7) for i in range(len(rows))])
     names = list(rows)
-    for kind in (pa.float16(), pa.float32(), pa.float64()):
-        got = _run(_write(str(tmp_path / f"{kind}.parquet"), rows, kind), str(tmp_path / f"out-{kind}"))
-        assert got["dup_r5"] == ("duplicate", "r5") and got["copy_r9"] == ("duplicate", "r9"), kind
+    # what embed_clip (images, video), embed_clap and embed_text write (float16 lists), and a table's own
+    kinds = [("clip_image_emb", pa.float16(), None), ("clip_video_emb", pa.float16(), "clip_video_emb"),
+             ("clap_audio_emb", pa.float16(), "clap_audio_emb"), ("st_caption_emb", pa.float16(), "st_caption_emb"),
+             ("emb", pa.float32(), "emb"), ("emb", pa.float64(), "emb")]
+    for name, kind, setting in kinds:  # None: the default column, clip_image_emb
+        src = _write(str(tmp_path / f"{name}-{kind}.parquet"), rows, kind, column=name)
+        got = _run(src, str(tmp_path / f"out-{name}-{kind}"), column=setting)
+        assert got["dup_r5"] == ("duplicate", "r5") and got["copy_r9"] == ("duplicate", "r9"), (name, kind)
     # keep=max:quality: of each set, the highest quality survives
     q = dict(zip(names, quality.to_pylist()))
     q["dup_r5"], q["r5"] = 9.0, 1.0
