@@ -107,6 +107,10 @@ def run_stage(folder: str, out: str) -> tuple[float, set[int]]:
     return seconds, set(rejects.column("i").to_pylist()) if rejects is not None else set()
 
 
+def _took(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quality", type=int, default=50_000)
@@ -157,11 +161,11 @@ def main() -> None:
     print(f"2. {a.rows:,} x {a.dim} (made in {made:.0f}s): dedup_semantic {seconds:.0f}s, {a.rows / seconds:,.0f} "
           f"rows/s on 2 CPUs, removed {len(removed):,}; peak RSS driver {driver:,} MiB (it also built the data), "
           f"largest worker private {peak.private:,} MiB; spilled {spilled:.0f} MiB. Exact all-pairs, one process: "
-          f"{rate:,.0f} rows/s (timed on 2,000 query rows x {a.rows:,}), so {baseline_s / 3600:.1f} h for all: "
+          f"{rate:,.0f} rows/s (timed on 2,000 query rows x {a.rows:,}), so {_took(baseline_s)} for all: "
           f"{baseline_s / seconds:.0f}x slower", flush=True)
     record("semantic_dedup", f"dedup_semantic, {a.rows:,} x {a.dim}", f"{seconds:.0f} s, {a.rows / seconds:,.0f} rows/s; "
            f"worker {peak.private:,} MiB, spilled {spilled:.0f} MiB",
-           baseline=f"exact all-pairs, one process: {rate:,.0f} rows/s ({baseline_s / 3600:.1f} h)",
+           baseline=f"exact all-pairs, one process: {rate:,.0f} rows/s ({_took(baseline_s)})",
            ratio=baseline_s / seconds)
 
 
