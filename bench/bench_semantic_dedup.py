@@ -156,15 +156,15 @@ def main() -> None:
     peak.start()
     seconds, removed = run_stage(os.path.join(data, "scale"), os.path.join(data, "scale-out"))
     peak.stop = True
-    driver = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     spilled = spilled_mib()
     print(f"2. {a.rows:,} x {a.dim} (made in {made:.0f}s): dedup_semantic {seconds:.0f}s, {a.rows / seconds:,.0f} "
-          f"rows/s on 2 CPUs, removed {len(removed):,}; peak RSS driver {driver:,} MiB (it also built the data), "
+          f"rows/s on 2 CPUs, removed {len(removed):,}; driver private {peak.driver:,} MiB (max RSS "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024:,} MiB: it also built the data), "
           f"largest worker private {peak.private:,} MiB; spilled {spilled:.0f} MiB. Exact all-pairs, one process: "
           f"{rate:,.0f} rows/s (timed on 2,000 query rows x {a.rows:,}), so {_took(baseline_s)} for all: "
           f"{baseline_s / seconds:.0f}x slower", flush=True)
     record("semantic_dedup", f"dedup_semantic, {a.rows:,} x {a.dim}", f"{seconds:.0f} s, {a.rows / seconds:,.0f} rows/s; "
-           f"worker {peak.private:,} MiB, spilled {spilled:.0f} MiB",
+           f"driver {peak.driver:,} MiB, worker {peak.private:,} MiB, spilled {spilled:.0f} MiB",
            baseline=f"exact all-pairs, one process: {rate:,.0f} rows/s ({_took(baseline_s)})",
            ratio=baseline_s / seconds)
 
