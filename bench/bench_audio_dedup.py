@@ -31,7 +31,10 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from goals import record
+try:  # run as a script (bench/ on the path), or imported by the tests as bench.bench_audio_dedup
+    from goals import record
+except ImportError:
+    from bench.goals import record
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))

@@ -28,7 +28,7 @@ from pydantic import Field
 from pipeline.shuffle import hash_partition, map_tables
 
 from .keep import DedupParams
-from .near import NearDuplicates, among_earlier, by_column, meeting, verify_pairs
+from .near import NearDuplicates, _only_labels, among_earlier, by_column, components, edges_table, label_of, meeting
 
 Tokenizer = Literal["word", "code", "char"]
 _WORD = re.compile(r"\w+")  # maximal runs of Unicode word characters
@@ -464,13 +464,20 @@ class DedupMinhash(NearDuplicates):
                          "_bands": band_lists.take(keep), "_shingles": shingles.take(keep)})
 
     def find_edges(self, sigs: list, n: int, old: list = ()) -> list:
-        # Candidates carry labels only; shingles join them by label, once per pair (not once per band).
+        # Candidate pairs come in cliques (every copy of a text with every other one): 5 million
+        # pairs for 1 million documents of which a fifth are copies, 5 GB of shingles if each pair
+        # carried one side's set to the other. So the candidate graph's components come first, on
+        # labels alone (a star per bucket); each component then meets whole in one task, every
+        # shingle set once, where its pairs are made again as the buckets made them, verified, and
+        # joined by a union-find. The edges are stars from each sample to its set's smallest label.
         rows = map_tables(sigs, _band_rows)
         rows += meeting(rows, ["bucket"], map_tables(list(old), _band_rows), "bucket")
-        pairs = hash_partition(rows, n, by_column("bucket", n, numeric=True), _candidates, fetch=False)
-        threshold = self.params.threshold
-        return verify_pairs(pairs, sigs + meeting(pairs, ["_a", "_b"], list(old), "_sig"), n, "_shingles",
-                            jaccard_at_least(threshold))
+        links = hash_partition(rows, n, by_column("bucket", n, numeric=True), _bucket_links, fetch=False)
+        groups, _ = components(links, n)
+        old_rows = meeting(links, ["_node"], list(old), "_sig")
+        members = hash_partition([_only_labels.remote(g) for g in groups] + list(sigs) + old_rows, n,
+                                 label_of("_node", n), _in_group, fetch=False)
+        return hash_partition(members, n, by_column("_group", n), _verified(self.params.threshold), fetch=False)
 
 
 def _band_rows(sig: pa.Table) -> pa.Table:
@@ -496,3 +503,66 @@ def _candidates(_: int, t: pa.Table) -> pa.Table:
                         b.append(labels[j])
     pairs = pa.table({"_a": pa.array(a, pa.string()), "_b": pa.array(b, pa.string())})
     return pairs.group_by(["_a", "_b"]).aggregate([]) if pairs.num_rows else pairs
+
+
+def _bucket_links(_: int, t: pa.Table) -> pa.Table:
+    """Per bucket of two samples or more, each linked to the bucket's smallest label, both ways:
+    the candidate graph's components without its pairs (which _verified makes again)."""
+    if not t.num_rows:
+        return edges_table([], [])
+    t = t.take(pc.sort_indices(t, [("bucket", "ascending"), ("label", "ascending")]))
+    buckets = t.column("bucket").to_numpy()
+    starts = np.r_[True, buckets[1:] != buckets[:-1]]
+    hub = t.column("label").take(pa.array(np.maximum.accumulate(np.where(starts, np.arange(len(buckets)), 0))))
+    other = pc.not_equal(hub, t.column("label"))
+    a, b = hub.filter(other), t.column("label").filter(other)
+    links = pa.table({"_node": pa.chunked_array(a.chunks + b.chunks, pa.string()),
+                      "_peer": pa.chunked_array(b.chunks + a.chunks, pa.string())})
+    return links.group_by(["_node", "_peer"]).aggregate([])
+
+
+def _in_group(_: int, t: pa.Table) -> pa.Table:
+    """The signature rows of the samples in a candidate component, with the component's label."""
+    names = t.column_names
+    is_sig = pc.is_valid(t.column("_sig")) if "_sig" in names else pa.array([False] * t.num_rows)
+    groups, sig = t.filter(pc.invert(is_sig)), t.filter(is_sig)
+    if not sig.num_rows or "_node" not in names:
+        return pa.table({"_sig": pa.array([], pa.string()), "_group": pa.array([], pa.string())})
+    at = pc.index_in(sig.column("_sig"), value_set=groups.column("_node").combine_chunks())
+    found = pc.is_valid(at)
+    sig = sig.filter(found).select(["_sig", "_bands", "_shingles"])
+    return sig.append_column("_group", groups.column("_label").combine_chunks().take(at.filter(found)))
+
+
+def _verified(threshold: float):
+    similar = jaccard_at_least(threshold)
+
+    def verify(_: int, t: pa.Table) -> pa.Table:
+        """The candidate components of this partition: their pairs, made again as the shuffle by
+        bucket made them (a bucket's samples are all in one component), verified by exact
+        Jaccard; edges from each sample of a set of near-duplicates to its smallest label."""
+        if not t.num_rows or "_bands" not in t.column_names:
+            return edges_table([], [])
+        t = t.take(pc.sort_indices(t, [("_sig", "ascending")])).combine_chunks()  # index order = label order
+        pairs = _candidates(0, _band_rows(t))
+        if not pairs.num_rows:
+            return edges_table([], [])
+        labels = t.column("_sig").combine_chunks()
+        a = pc.index_in(pairs.column("_a"), value_set=labels).to_numpy()
+        b = pc.index_in(pairs.column("_b"), value_set=labels).to_numpy()
+        shingles = t.column("_shingles").combine_chunks()
+        ok = np.asarray(similar(shingles.take(pa.array(a)), shingles.take(pa.array(b))), bool)
+        a, b = a[ok], b[ok]
+        if not len(a):
+            return edges_table([], [])
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        nodes, at = np.unique(np.concatenate([a, b]), return_inverse=True)
+        graph = coo_matrix((np.ones(len(a), np.int8), (at[:len(a)], at[len(a):])), shape=(len(nodes), len(nodes)))
+        _, component = connected_components(graph, directed=False)
+        root = nodes[np.unique(component, return_index=True)[1]][component]  # nodes are sorted: the first is the smallest
+        moved = nodes != root
+        src, dst = labels.take(pa.array(nodes[moved])), labels.take(pa.array(root[moved]))
+        return pa.table({"_node": pa.concat_arrays([src, dst]), "_peer": pa.concat_arrays([dst, src])})
+    return verify
