@@ -28,7 +28,7 @@ from pydantic import Field
 from pipeline.shuffle import hash_partition, map_tables
 
 from .keep import DedupParams
-from .near import NearDuplicates, _only_labels, among_earlier, by_column, components, edges_table, label_of, meeting
+from .near import NearDuplicates, among_earlier, by_column, edges_table, label_of, meeting
 
 Tokenizer = Literal["word", "code", "char"]
 _WORD = re.compile(r"\w+")  # maximal runs of Unicode word characters
@@ -467,15 +467,14 @@ class DedupMinhash(NearDuplicates):
         # Candidate pairs come in cliques (every copy of a text with every other one): 5 million
         # pairs for 1 million documents of which a fifth are copies, 5 GB of shingles if each pair
         # carried one side's set to the other. So the candidate graph's components come first, on
-        # labels alone (a star per bucket); each component then meets whole in one task, every
-        # shingle set once, where its pairs are made again as the buckets made them, verified, and
-        # joined by a union-find. The edges are stars from each sample to its set's smallest label.
+        # labels alone; each component then meets whole in one task, every shingle set once, where
+        # its pairs are made again as the buckets made them, verified, and joined by a union-find.
+        # The edges are stars from each sample to its set's smallest label.
         rows = map_tables(sigs, _band_rows)
         rows += meeting(rows, ["bucket"], map_tables(list(old), _band_rows), "bucket")
         links = hash_partition(rows, n, by_column("bucket", n, numeric=True), _bucket_links, fetch=False)
-        groups, _ = components(links, n)
-        old_rows = meeting(links, ["_node"], list(old), "_sig")
-        members = hash_partition([_only_labels.remote(g) for g in groups] + list(sigs) + old_rows, n,
+        groups = hash_partition(links, 1, lambda t: np.zeros(t.num_rows, np.int64), _link_components, fetch=False)
+        members = hash_partition(groups + list(sigs) + meeting(groups, ["_node"], list(old), "_sig"), n,
                                  label_of("_node", n), _in_group, fetch=False)
         return hash_partition(members, n, by_column("_group", n), _verified(self.params.threshold), fetch=False)
 
@@ -506,19 +505,48 @@ def _candidates(_: int, t: pa.Table) -> pa.Table:
 
 
 def _bucket_links(_: int, t: pa.Table) -> pa.Table:
-    """Per bucket of two samples or more, each linked to the bucket's smallest label, both ways:
-    the candidate graph's components without its pairs (which _verified makes again)."""
+    """The buckets of this partition as links (`_node`, `_peer`) from each sample to the smallest
+    label it shares a bucket with here, directly or through others: the candidate graph's
+    components without its pairs (which _verified makes again)."""
     if not t.num_rows:
         return edges_table([], [])
     t = t.take(pc.sort_indices(t, [("bucket", "ascending"), ("label", "ascending")]))
     buckets = t.column("bucket").to_numpy()
-    starts = np.r_[True, buckets[1:] != buckets[:-1]]
-    hub = t.column("label").take(pa.array(np.maximum.accumulate(np.where(starts, np.arange(len(buckets)), 0))))
-    other = pc.not_equal(hub, t.column("label"))
-    a, b = hub.filter(other), t.column("label").filter(other)
-    links = pa.table({"_node": pa.chunked_array(a.chunks + b.chunks, pa.string()),
-                      "_peer": pa.chunked_array(b.chunks + a.chunks, pa.string())})
-    return links.group_by(["_node", "_peer"]).aggregate([])
+    hub = np.maximum.accumulate(np.where(np.r_[True, buckets[1:] != buckets[:-1]], np.arange(len(buckets)), 0))
+    return _stars(t.column("label").take(pa.array(hub)), t.column("label"))
+
+
+def _link_components(_: int, t: pa.Table) -> pa.Table:
+    """Every sample of the candidate graph with its component's smallest label, in one task: the
+    links are few (at most one per sample and partition) and short, and a union-find settles at
+    once what label propagation takes dozens of rounds for (chains of buckets are long)."""
+    stars = _stars(t.column("_node"), t.column("_peer")) if t.num_rows else edges_table([], [])
+    return pa.table({"_node": stars.column("_node"), "_label": stars.column("_peer")})
+
+
+def _stars(a: pa.ChunkedArray | pa.Array, b: pa.ChunkedArray | pa.Array) -> pa.Table:
+    """The components of the graph of label pairs (a[i], b[i]): a row (`_node`, `_peer`) for every
+    label of a component of two or more, `_peer` the component's smallest label (itself included)."""
+    a, b = (x.combine_chunks() if isinstance(x, pa.ChunkedArray) else x for x in (a, b))
+    same = pc.equal(a, b).to_numpy(zero_copy_only=False)
+    a, b = a.filter(pa.array(~same)), b.filter(pa.array(~same))
+    if not len(a):
+        return edges_table([], [])
+    nodes = pc.unique(pa.concat_arrays([a, b]))
+    nodes = nodes.take(pc.sort_indices(nodes))  # index order = label order
+    ia, ib = pc.index_in(a, value_set=nodes).to_numpy(), pc.index_in(b, value_set=nodes).to_numpy()
+    root = _smallest(len(nodes), ia, ib)
+    return pa.table({"_node": nodes, "_peer": nodes.take(pa.array(root))})
+
+
+def _smallest(count: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """For nodes 0..count-1 joined by the pairs (a[i], b[i]): the smallest node of each one's component."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(count, count))
+    _, component = connected_components(graph, directed=False)
+    return np.unique(component, return_index=True)[1][component]  # the first node of each is the smallest
 
 
 def _in_group(_: int, t: pa.Table) -> pa.Table:
@@ -555,13 +583,8 @@ def _verified(threshold: float):
         a, b = a[ok], b[ok]
         if not len(a):
             return edges_table([], [])
-        from scipy.sparse import coo_matrix
-        from scipy.sparse.csgraph import connected_components
-
         nodes, at = np.unique(np.concatenate([a, b]), return_inverse=True)
-        graph = coo_matrix((np.ones(len(a), np.int8), (at[:len(a)], at[len(a):])), shape=(len(nodes), len(nodes)))
-        _, component = connected_components(graph, directed=False)
-        root = nodes[np.unique(component, return_index=True)[1]][component]  # nodes are sorted: the first is the smallest
+        root = nodes[_smallest(len(nodes), at[:len(a)], at[len(a):])]  # nodes are sorted: labels' order
         moved = nodes != root
         src, dst = labels.take(pa.array(nodes[moved])), labels.take(pa.array(root[moved]))
         return pa.table({"_node": pa.concat_arrays([src, dst]), "_peer": pa.concat_arrays([dst, src])})
