@@ -52,6 +52,7 @@ def main() -> None:
         sys.exit(f"no results yet in {RESULTS}: run a bench first")
     with open(RESULTS) as f:
         rows = [json.loads(line) for line in f if line.strip()]
+    rows = list({(r["bench"], r["what"]): r for r in rows}.values())  # a bench run again: its latest figures
     print(table(rows))
     missed = sum(r["met"] is False for r in rows)
     print(f"\n{len(rows)} figures, {sum(r['met'] is True for r in rows)} goals met, {missed} not met")
