@@ -28,7 +28,8 @@ from pydantic import Field
 from pipeline.shuffle import hash_partition, map_tables
 
 from .keep import DedupParams
-from .near import NearDuplicates, among_earlier, by_column, edges_table, label_of, meeting
+from .near import (NearDuplicates, _having, _remote, among_earlier, by_column, edges_table, label_of, meeting,
+                   verify_pairs)
 
 Tokenizer = Literal["word", "code", "char"]
 _WORD = re.compile(r"\w+")  # maximal runs of Unicode word characters
@@ -392,6 +393,9 @@ class DedupMinhashParams(DedupParams):
     bands: int = Field(0, ge=0, description="LSH bands; 0 = chosen so that a pair at threshold is a candidate "
                                             "with probability >= 0.95")
     rows: int = Field(0, ge=0, description="rows per band (with bands)")
+    max_component_size: int = Field(20_000, ge=2, description="the most samples sharing buckets that one task "
+                                    "verifies together (their shingle sets, ~1 KB each for 1 KB texts); a larger "
+                                    "set is verified pair by pair, each pair carrying one side's shingles")
 
 
 class DedupMinhash(NearDuplicates):
@@ -470,13 +474,26 @@ class DedupMinhash(NearDuplicates):
         # labels alone; each component then meets whole in one task, every shingle set once, where
         # its pairs are made again as the buckets made them, verified, and joined by a union-find.
         # The edges are stars from each sample to its set's smallest label.
+        # A component of more than max_component_size samples (chains of buckets can make one) is
+        # verified the way that moves payloads per pair instead, so that no task holds it whole.
+        import ray
+
         rows = map_tables(sigs, _band_rows)
         rows += meeting(rows, ["bucket"], map_tables(list(old), _band_rows), "bucket")
         links = hash_partition(rows, n, by_column("bucket", n, numeric=True), _bucket_links, fetch=False)
-        groups = hash_partition(links, 1, lambda t: np.zeros(t.num_rows, np.int64), _link_components, fetch=False)
+        groups = hash_partition(links, 1, lambda t: np.zeros(t.num_rows, np.int64),
+                                _link_components(self.params.max_component_size), fetch=False)
         members = hash_partition(groups + list(sigs) + meeting(groups, ["_node"], list(old), "_sig"), n,
                                  label_of("_node", n), _in_group, fetch=False)
-        return hash_partition(members, n, by_column("_group", n), _verified(self.params.threshold), fetch=False)
+        similar = jaccard_at_least(self.params.threshold)
+        edges = hash_partition(members, n, by_column("_group", n), _verified(similar), fetch=False)
+        count, large = _large_members.options(num_returns=2).remote(groups[0])
+        if ray.get(count):
+            large_rows = [_having.remote(r, "label", large) for r in rows]
+            pairs = hash_partition(large_rows, n, by_column("bucket", n, numeric=True), _candidates, fetch=False)
+            edges += verify_pairs(pairs, sigs + meeting(pairs, ["_a", "_b"], list(old), "_sig"), n, "_shingles",
+                                  similar)
+        return edges
 
 
 def _band_rows(sig: pa.Table) -> pa.Table:
@@ -516,12 +533,26 @@ def _bucket_links(_: int, t: pa.Table) -> pa.Table:
     return _stars(t.column("label").take(pa.array(hub)), t.column("label"))
 
 
-def _link_components(_: int, t: pa.Table) -> pa.Table:
-    """Every sample of the candidate graph with its component's smallest label, in one task: the
-    links are few (at most one per sample and partition) and short, and a union-find settles at
-    once what label propagation takes dozens of rounds for (chains of buckets are long)."""
-    stars = _stars(t.column("_node"), t.column("_peer")) if t.num_rows else edges_table([], [])
-    return pa.table({"_node": stars.column("_node"), "_label": stars.column("_peer")})
+def _link_components(limit: int):
+    def components(_: int, t: pa.Table) -> pa.Table:
+        """Every sample of the candidate graph with its component's smallest label, in one task
+        (the links are few: at most one per sample and partition, and short; a union-find settles
+        at once what label propagation takes dozens of rounds for on chains of buckets), and
+        `_large`: its component has more than `limit` samples."""
+        stars = _stars(t.column("_node"), t.column("_peer")) if t.num_rows else edges_table([], [])
+        label = stars.column("_peer")
+        sizes = pc.value_counts(label) if stars.num_rows else pa.array(
+            [], pa.struct([("values", pa.string()), ("counts", pa.int64())]))
+        big = sizes.field("values").filter(pc.greater(sizes.field("counts"), limit))
+        return pa.table({"_node": stars.column("_node"), "_label": label, "_large": pc.is_in(label, value_set=big)})
+    return components
+
+
+@_remote
+def _large_members(groups: pa.Table) -> tuple[int, pa.Array | None]:
+    """How many samples are in components over the limit, and their labels."""
+    large = groups.filter(groups.column("_large"))
+    return large.num_rows, large.column("_node").combine_chunks() if large.num_rows else None
 
 
 def _stars(a: pa.ChunkedArray | pa.Array, b: pa.ChunkedArray | pa.Array) -> pa.Table:
@@ -554,7 +585,9 @@ def _in_group(_: int, t: pa.Table) -> pa.Table:
     names = t.column_names
     is_sig = pc.is_valid(t.column("_sig")) if "_sig" in names else pa.array([False] * t.num_rows)
     groups, sig = t.filter(pc.invert(is_sig)), t.filter(is_sig)
-    if not sig.num_rows or "_node" not in names:
+    if "_large" in names:
+        groups = groups.filter(pc.invert(groups.column("_large")))
+    if not sig.num_rows or not groups.num_rows:
         return pa.table({"_sig": pa.array([], pa.string()), "_group": pa.array([], pa.string())})
     at = pc.index_in(sig.column("_sig"), value_set=groups.column("_node").combine_chunks())
     found = pc.is_valid(at)
@@ -562,9 +595,7 @@ def _in_group(_: int, t: pa.Table) -> pa.Table:
     return sig.append_column("_group", groups.column("_label").combine_chunks().take(at.filter(found)))
 
 
-def _verified(threshold: float):
-    similar = jaccard_at_least(threshold)
-
+def _verified(similar):
     def verify(_: int, t: pa.Table) -> pa.Table:
         """The candidate components of this partition: their pairs, made again as the shuffle by
         bucket made them (a bucket's samples are all in one component), verified by exact

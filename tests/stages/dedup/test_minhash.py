@@ -132,11 +132,12 @@ def _edit(words, positions, tag):
     return out
 
 
-@pytest.mark.parametrize("others,rows_per_partition", [(20, 200_000), (300, 500)],
-                         ids=["one-partition", "many-parts-and-partitions"])
-def test_dedup_minhash_on_ray(ray_session, tmp_path, monkeypatch, others, rows_per_partition):
+@pytest.mark.parametrize("others,rows_per_partition,limit", [(20, 200_000, 20_000), (300, 500, 20_000), (300, 500, 2)],
+                         ids=["one-partition", "many-parts-and-partitions", "components-verified-pair-by-pair"])
+def test_dedup_minhash_on_ray(ray_session, tmp_path, monkeypatch, others, rows_per_partition, limit):
     """Exact, near (J~0.9) and non (J~0.5) duplicates, a chain that forms one cluster,
-    an empty and a one-word document, through `mmcurate stage dedup_minhash`."""
+    an empty and a one-word document, through `mmcurate stage dedup_minhash`; the same when
+    every set of samples sharing buckets is too large to be verified whole (max_component_size)."""
     import json
     import os
 
@@ -168,7 +169,8 @@ def test_dedup_minhash_on_ray(ray_session, tmp_path, monkeypatch, others, rows_p
             f.write(json.dumps({"name": name, "text": " ".join(words)}) + "\n")
     out = str(tmp_path / "out")
     assert cli.main(["stage", "dedup_minhash", "--input", str(path), "--output", out,
-                     "--set", "text_column=text", "--set", "threshold=0.8"]) == 0
+                     "--set", "text_column=text", "--set", "threshold=0.8",
+                     "--set", f"max_component_size={limit}"]) == 0
     kept = fs.read_parquet_dir(os.path.join(out, "stages", "01-dedup_minhash"))
     rejects = fs.read_parquet_dir(os.path.join(out, "rejects", "01-dedup_minhash"))
     removed = dict(zip(rejects.column("name").to_pylist(), rejects.column("duplicate_of").to_pylist()))
