@@ -26,10 +26,11 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from pipeline.shuffle import hash_partition, map_tables
+from pipeline.watchdog import gather
 
 from .keep import DedupParams
 from .near import (NearDuplicates, _having, _remote, among_earlier, by_column, edges_table, label_of, meeting,
-                   verify_pairs)
+                   smallest_in_components, verify_pairs)
 
 Tokenizer = Literal["word", "code", "char"]
 _WORD = re.compile(r"\w+")  # maximal runs of Unicode word characters
@@ -476,8 +477,6 @@ class DedupMinhash(NearDuplicates):
         # The edges are stars from each sample to its set's smallest label.
         # A component of more than max_component_size samples (chains of buckets can make one) is
         # verified the way that moves payloads per pair instead, so that no task holds it whole.
-        import ray
-
         rows = map_tables(sigs, _band_rows)
         rows += meeting(rows, ["bucket"], map_tables(list(old), _band_rows), "bucket")
         links = hash_partition(rows, n, by_column("bucket", n, numeric=True), _bucket_links, fetch=False)
@@ -488,7 +487,7 @@ class DedupMinhash(NearDuplicates):
         similar = jaccard_at_least(self.params.threshold)
         edges = hash_partition(members, n, by_column("_group", n), _verified(similar), fetch=False)
         count, large = _large_members.options(num_returns=2).remote(groups[0])
-        if ray.get(count):
+        if gather([count])[0]:
             large_rows = [_having.remote(r, "label", large) for r in rows]
             pairs = hash_partition(large_rows, n, by_column("bucket", n, numeric=True), _candidates, fetch=False)
             edges += verify_pairs(pairs, sigs + meeting(pairs, ["_a", "_b"], list(old), "_sig"), n, "_shingles",
@@ -541,8 +540,7 @@ def _link_components(limit: int):
         `_large`: its component has more than `limit` samples."""
         stars = _stars(t.column("_node"), t.column("_peer")) if t.num_rows else edges_table([], [])
         label = stars.column("_peer")
-        sizes = pc.value_counts(label) if stars.num_rows else pa.array(
-            [], pa.struct([("values", pa.string()), ("counts", pa.int64())]))
+        sizes = pc.value_counts(label)
         big = sizes.field("values").filter(pc.greater(sizes.field("counts"), limit))
         return pa.table({"_node": stars.column("_node"), "_label": label, "_large": pc.is_in(label, value_set=big)})
     return components
@@ -566,18 +564,8 @@ def _stars(a: pa.ChunkedArray | pa.Array, b: pa.ChunkedArray | pa.Array) -> pa.T
     nodes = pc.unique(pa.concat_arrays([a, b]))
     nodes = nodes.take(pc.sort_indices(nodes))  # index order = label order
     ia, ib = pc.index_in(a, value_set=nodes).to_numpy(), pc.index_in(b, value_set=nodes).to_numpy()
-    root = _smallest(len(nodes), ia, ib)
+    root = smallest_in_components(len(nodes), ia, ib)
     return pa.table({"_node": nodes, "_peer": nodes.take(pa.array(root))})
-
-
-def _smallest(count: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """For nodes 0..count-1 joined by the pairs (a[i], b[i]): the smallest node of each one's component."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(count, count))
-    _, component = connected_components(graph, directed=False)
-    return np.unique(component, return_index=True)[1][component]  # the first node of each is the smallest
 
 
 def _in_group(_: int, t: pa.Table) -> pa.Table:
@@ -602,21 +590,16 @@ def _verified(similar):
         Jaccard; edges from each sample of a set of near-duplicates to its smallest label."""
         if not t.num_rows or "_bands" not in t.column_names:
             return edges_table([], [])
-        t = t.take(pc.sort_indices(t, [("_sig", "ascending")])).combine_chunks()  # index order = label order
         pairs = _candidates(0, _band_rows(t))
         if not pairs.num_rows:
             return edges_table([], [])
-        labels = t.column("_sig").combine_chunks()
-        a = pc.index_in(pairs.column("_a"), value_set=labels).to_numpy()
-        b = pc.index_in(pairs.column("_b"), value_set=labels).to_numpy()
-        shingles = t.column("_shingles").combine_chunks()
-        ok = np.asarray(similar(shingles.take(pa.array(a)), shingles.take(pa.array(b))), bool)
-        a, b = a[ok], b[ok]
-        if not len(a):
-            return edges_table([], [])
-        nodes, at = np.unique(np.concatenate([a, b]), return_inverse=True)
-        root = nodes[_smallest(len(nodes), at[:len(a)], at[len(a):])]  # nodes are sorted: labels' order
-        moved = nodes != root
-        src, dst = labels.take(pa.array(nodes[moved])), labels.take(pa.array(root[moved]))
-        return pa.table({"_node": pa.concat_arrays([src, dst]), "_peer": pa.concat_arrays([dst, src])})
+        labels, shingles = t.column("_sig").combine_chunks(), t.column("_shingles").combine_chunks()
+        a = pc.index_in(pairs.column("_a"), value_set=labels)
+        b = pc.index_in(pairs.column("_b"), value_set=labels)
+        ok = pa.array(np.asarray(similar(shingles.take(a), shingles.take(b)), bool))
+        stars = _stars(pairs.column("_a").filter(ok), pairs.column("_b").filter(ok))
+        moved = stars.filter(pc.not_equal(stars.column("_node"), stars.column("_peer")))
+        src, dst = moved.column("_node"), moved.column("_peer")
+        return pa.table({"_node": pa.chunked_array(src.chunks + dst.chunks, pa.string()),
+                         "_peer": pa.chunked_array(dst.chunks + src.chunks, pa.string())})
     return verify

@@ -278,6 +278,16 @@ def _value(x: Any) -> Any:
     return x if isinstance(x, dict) else np.asarray(x)
 
 
+def smallest_in_components(count: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """For nodes 0..count-1 joined by the pairs (a[i], b[i]): the smallest node of each one's component."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(count, count))
+    _, component = connected_components(graph, directed=False)
+    return np.unique(component, return_index=True)[1][component]  # the first node of each is the smallest
+
+
 def edges_table(src: list[str], dst: list[str]) -> pa.Table:
     return pa.table({"_node": pa.array(src, pa.string()), "_peer": pa.array(dst, pa.string())})
 

@@ -46,7 +46,7 @@ from pydantic import Field
 from pipeline.shuffle import hash_partition, map_tables
 
 from .keep import EARLIER, DedupParams
-from .near import NearDuplicates, by_column, edges_table, meeting
+from .near import NearDuplicates, by_column, edges_table, meeting, smallest_in_components
 
 SAMPLE_PER_CLUSTER = 40  # rows k-means is fit on, per cluster
 MAX_CLUSTERS = 50_000
@@ -322,14 +322,8 @@ def _find(parent: np.ndarray, i: int) -> int:
 def _union(parent: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
     """Join the groups of every pair (a[i], b[i]); the lower index (the smaller label) is the root."""
     if len(a) > 256:  # many pairs (a cluster of copies): their components first, then one join per member
-        from scipy.sparse import coo_matrix
-        from scipy.sparse.csgraph import connected_components
-
         nodes, at = np.unique(np.concatenate([a, b]), return_inverse=True)
-        graph = coo_matrix((np.ones(len(a), np.int8), (at[:len(a)], at[len(a):])), shape=(len(nodes), len(nodes)))
-        _, component = connected_components(graph, directed=False)
-        first = nodes[np.unique(component, return_index=True)[1]]
-        a, b = nodes, first[component]
+        a, b = nodes, nodes[smallest_in_components(len(nodes), at[:len(a)], at[len(a):])]
     for i, j in zip(a.tolist(), b.tolist()):
         ri, rj = _find(parent, i), _find(parent, j)
         if ri != rj:
